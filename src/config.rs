@@ -1,0 +1,403 @@
+//! The `proxy:` section of the YAML file: every key, its default and its meaning.
+//!
+//! The same file also carries Pingora's own server keys (`threads`, `pid_file`,
+//! `upgrade_sock`, ...) at the top level. Pingora ignores keys it does not
+//! know, so the file is read once and parsed twice: by Pingora's `ServerConf`
+//! and by [`File`] here, which is strict: an unknown key, a wrong type or a bad
+//! value is an error that names the key path and the line.
+//!
+//! Defaults live in one place: the `default_*` functions below.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// The whole file as we see it: only `proxy:` is ours.
+#[derive(Debug, Deserialize)]
+pub struct File {
+    /// Our settings. Pingora's keys at the top level are read by Pingora.
+    pub proxy: ProxyConfig,
+}
+
+/// Everything under `proxy:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// RTMP/TCP listen address. Default `0.0.0.0:1935`.
+    #[serde(default = "default_listen", deserialize_with = "listen_addr")]
+    pub listen: String,
+    /// Public HTTP health listener: `GET /health` only (Route53, NLB).
+    /// Default `0.0.0.0:8000`.
+    #[serde(default = "default_health_listen", deserialize_with = "listen_addr")]
+    pub health_listen: String,
+    /// Private HTTP admin listener: `GET /backends`. Default `127.0.0.1:8001`.
+    /// Keep it off public interfaces: it lists backend addresses.
+    #[serde(default = "default_admin_listen", deserialize_with = "listen_addr")]
+    pub admin_listen: String,
+    /// Time allowed for one TCP connect to a backend. Default `10s`.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// A proxied connection with no bytes in either direction for this long is
+    /// closed on both sides. Default `30s`.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// How a backend is chosen among the healthy ones with a free slot.
+    /// Default `roundrobin`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Global cap on proxied connections; clients over it wait in the queue.
+    /// Default: unset, which amounts to the sum of the backends'
+    /// `max_connections` (the replaced HAProxy design's `maxconn = number of
+    /// servers`), since each backend's own cap already bounds it, and follows
+    /// the fleet as discovery changes it. `0` also means unset.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// How long a client may wait in the queue for a free slot before it is
+    /// closed (reason `queue_timeout`). Default: `connect_timeout`, like
+    /// HAProxy's `timeout queue`.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub queue_timeout: Option<Duration>,
+    /// How many clients may wait at once; one more is closed at once (reason
+    /// `queue_full`). `0` disables queueing. Default `1024`.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Active TCP connect checks of every backend.
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    /// Where backends come from.
+    #[serde(default)]
+    pub backends: BackendsConfig,
+}
+
+/// Balancing policies; each skips unhealthy and full backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    Roundrobin,
+    /// Fewest active connections relative to weight; round robin among ties.
+    Leastconn,
+    /// The first backend in a stable order with a free slot: packs streams
+    /// onto few servers so idle ones can be scaled in.
+    First,
+    /// Power of two random choices by active connections.
+    Random,
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::Roundrobin => "roundrobin",
+            Balance::Leastconn => "leastconn",
+            Balance::First => "first",
+            Balance::Random => "random",
+        })
+    }
+}
+
+/// `proxy.health_check`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Time between two TCP connect checks of a backend. Default `2s`.
+    #[serde(default = "default_check_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Time allowed for one check's connect. Default `1s`.
+    #[serde(default = "default_check_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+        }
+    }
+}
+
+/// `proxy.backends`: the sources of backends, combined.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsConfig {
+    /// Backends listed in the file, in the order `first` balancing fills them.
+    #[serde(default, rename = "static")]
+    pub static_: Vec<StaticBackend>,
+}
+
+/// One entry of `proxy.backends.static`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticBackend {
+    /// `IP:port` of the media server (no host names: nothing is resolved).
+    #[serde(deserialize_with = "socket_addr")]
+    pub addr: SocketAddr,
+    /// Relative share of new connections, 1 to 256. Default `10`.
+    #[serde(default = "default_weight", deserialize_with = "weight")]
+    pub weight: usize,
+    /// Most proxied connections this backend holds at once. Default `1` (one
+    /// ffmpeg per media server); `0` means unlimited.
+    #[serde(default = "default_backend_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:1935".into()
+}
+fn default_health_listen() -> String {
+    "0.0.0.0:8000".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:8001".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_queue() -> usize {
+    1024
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_weight() -> usize {
+    10
+}
+fn default_backend_max_connections() -> usize {
+    1
+}
+
+/// Highest backend weight, as in HAProxy.
+pub const MAX_WEIGHT: usize = 256;
+
+impl ProxyConfig {
+    /// The queue timeout in force: `queue_timeout`, else `connect_timeout`.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout.unwrap_or(self.connect_timeout)
+    }
+
+    /// The explicit global cap, `None` when only the backends' caps apply.
+    pub fn global_cap(&self) -> Option<usize> {
+        self.max_connections.filter(|&n| n != 0)
+    }
+}
+
+/// A config file that could not be used, with where and why.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and checks the file at `path`, returning its text (for Pingora's
+/// own parse) and our section.
+pub fn load(path: &Path) -> Result<(String, ProxyConfig), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
+    let proxy = parse(&text).map_err(|e| ConfigError(format!("{}:{e}", path.display())))?;
+    Ok((text, proxy))
+}
+
+/// Parses our section of a config file's text. Errors read
+/// `LINE: KEY.PATH: what is wrong`.
+pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
+    let file: File = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+        .map_err(|e| {
+            let line = e.inner().location().map_or(0, |l| l.line());
+            let path = e.path().to_string();
+            let message = bare_message(e.inner());
+            if path == "." {
+                ConfigError(format!("{line}: {message}"))
+            } else {
+                ConfigError(format!("{line}: {path}: {message}"))
+            }
+        })?;
+    Ok(file.proxy)
+}
+
+/// serde_yaml's message without its own (less precise) key path prefix and
+/// location suffix, which we replace with ours.
+fn bare_message(e: &serde_yaml::Error) -> String {
+    let full = e.to_string();
+    let mut msg = full.as_str();
+    if let Some(loc) = e.location() {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        msg = msg.strip_suffix(&suffix).unwrap_or(msg);
+    }
+    match msg.split_once(": ") {
+        Some((prefix, rest)) if !prefix.contains(' ') => rest.to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+// Value parsers. Each fails inside a `Visitor`, so that serde_yaml reports
+// the line of the value itself rather than of the enclosing mapping.
+
+struct StrVisitor<F>(&'static str, F);
+
+impl<T, F: Fn(&str) -> Result<T, String>> Visitor<'_> for StrVisitor<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.1)(v).map_err(E::custom)
+    }
+}
+
+fn parse_socket_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| format!("invalid socket address {v:?} (expected IP:port)"))
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_str(StrVisitor("a socket address IP:port", parse_socket_addr))
+}
+
+/// Listen addresses stay strings: Pingora hands listening sockets to a new
+/// process by their exact address text.
+fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    d.deserialize_str(StrVisitor("a socket address IP:port", |v: &str| {
+        parse_socket_addr(v).map(|_| v.to_string())
+    }))
+}
+
+pub(crate) fn parse_duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v)
+        .map_err(|e| format!("invalid duration {v:?} ({e}; e.g. 10s, 500ms)"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(StrVisitor(
+        "a duration such as 10s or 500ms",
+        parse_duration,
+    ))
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    struct W;
+    impl Visitor<'_> for W {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an integer from 1 to {MAX_WEIGHT}")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+            match usize::try_from(v) {
+                Ok(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(w),
+                _ => Err(E::custom(format!(
+                    "weight {v} out of range (1 to {MAX_WEIGHT})"
+                ))),
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
+            u64::try_from(v)
+                .map_err(|_| E::custom(format!("weight {v} out of range (1 to {MAX_WEIGHT})")))
+                .and_then(|v| self.visit_u64(v))
+        }
+    }
+    d.deserialize_u64(W)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        parse(yaml)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("proxy: {}\n").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:1935");
+        assert_eq!(c.health_listen, "0.0.0.0:8000");
+        assert_eq!(c.admin_listen, "127.0.0.1:8001");
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.queue_timeout(), Duration::from_secs(10));
+        assert_eq!(c.balance, Balance::Roundrobin);
+        assert_eq!(c.max_queue, 1024);
+        assert_eq!(c.health_check.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn pingora_keys_are_left_to_pingora() {
+        let c = parse(
+            "version: 1\nthreads: 2\nproxy:\n  backends:\n    static:\n      - addr: 127.0.0.1:1\n",
+        )
+        .unwrap();
+        assert_eq!(c.backends.static_[0].weight, 10);
+        assert_eq!(c.backends.static_[0].max_connections, 1);
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = err(
+            "proxy:\n  listen: 0.0.0.0:1935\n  backends:\n    static:\n      - addr: \"foo:bar\"\n",
+        );
+        assert_eq!(
+            e,
+            "5: proxy.backends.static[0].addr: invalid socket address \"foo:bar\" (expected IP:port)"
+        );
+        let e = err("proxy:\n  listen: 0.0.0.0:1935\n  connect_timeout: 10x\n");
+        assert!(
+            e.starts_with("3: proxy.connect_timeout: invalid duration \"10x\""),
+            "{e}"
+        );
+        let e = err("proxy:\n  listen: 0.0.0.0:1935\n  bogus: 1\n");
+        assert!(
+            e.starts_with("3: proxy.bogus: unknown field `bogus`"),
+            "{e}"
+        );
+        let e =
+            err("proxy:\n  backends:\n    static:\n      - addr: 1.2.3.4:5\n        weight: 0\n");
+        assert!(
+            e.starts_with("5: proxy.backends.static[0].weight: weight 0 out of range"),
+            "{e}"
+        );
+        let e = err("proxy:\n  balance: fastest\n");
+        assert!(
+            e.starts_with("2: proxy.balance: unknown variant `fastest`"),
+            "{e}"
+        );
+        let e = err("threads: 2\n");
+        assert!(e.contains("missing field `proxy`"), "{e}");
+    }
+
+    #[test]
+    fn global_cap() {
+        assert_eq!(parse("proxy: {}\n").unwrap().global_cap(), None);
+        assert_eq!(
+            parse("proxy:\n  max_connections: 0\n")
+                .unwrap()
+                .global_cap(),
+            None
+        );
+        assert_eq!(
+            parse("proxy:\n  max_connections: 1\n")
+                .unwrap()
+                .global_cap(),
+            Some(1)
+        );
+    }
+}

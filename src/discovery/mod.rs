@@ -1,0 +1,116 @@
+//! Where backends come from: sources behind Pingora's `ServiceDiscovery`
+//! trait, combined into one [`Fleet`] that feeds both Pingora's
+//! `LoadBalancer` (which runs discovery and health checks on schedule) and
+//! our slot table.
+//!
+//! Each source describes its backends as Pingora `Backend`s carrying a
+//! [`Member`] (cap, source id) and an [`Order`] in their extensions.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use log::warn;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::Result;
+use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::Backend;
+
+use crate::balancer::{Member, SlotTable};
+use crate::config::StaticBackend;
+
+/// Position of a backend within its source, for `first` balancing: config
+/// order for static backends. Backends without one sort by address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Order(pub usize);
+
+/// Wraps a member as the `Backend` Pingora's load balancer tracks.
+pub fn backend(member: Member, order: Option<Order>) -> Backend {
+    let mut b = Backend {
+        addr: PingoraAddr::Inet(member.addr),
+        weight: member.weight,
+        ext: Default::default(),
+    };
+    b.ext.insert(member);
+    if let Some(order) = order {
+        b.ext.insert(order);
+    }
+    b
+}
+
+/// The backends listed under `proxy.backends.static`.
+pub struct StaticDiscovery {
+    backends: BTreeSet<Backend>,
+}
+
+impl StaticDiscovery {
+    pub fn new(list: &[StaticBackend]) -> Self {
+        let backends = list
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let member = Member {
+                    addr: b.addr,
+                    weight: b.weight,
+                    max_connections: b.max_connections,
+                    source: "static".into(),
+                };
+                backend(member, Some(Order(i)))
+            })
+            .collect();
+        Self { backends }
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for StaticDiscovery {
+    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        Ok((self.backends.clone(), HashMap::new()))
+    }
+}
+
+/// All sources in config order, combined. Every successful answer also
+/// updates the slot table; a failed one keeps the previous set everywhere
+/// (Pingora keeps its own on `Err`, and the table is not touched).
+pub struct Fleet {
+    sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>>,
+    table: Arc<SlotTable>,
+}
+
+impl Fleet {
+    pub fn new(
+        sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>>,
+        table: Arc<SlotTable>,
+    ) -> Self {
+        Self { sources, table }
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for Fleet {
+    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut all = BTreeSet::new();
+        let mut members: Vec<Member> = Vec::new();
+        for source in &self.sources {
+            let (found, _) = source.discover().await?;
+            let mut ordered: Vec<&Backend> = found.iter().collect();
+            ordered.sort_by_key(|b| (b.ext.get::<Order>().copied(), b.addr.clone()));
+            for b in ordered {
+                let Some(member) = b.ext.get::<Member>() else {
+                    continue;
+                };
+                if members.iter().any(|m| m.addr == member.addr) {
+                    warn!(
+                        "backend {} is listed by more than one source; keeping the first ({})",
+                        member.addr, member.source
+                    );
+                    continue;
+                }
+                members.push(member.clone());
+                all.insert(b.clone());
+            }
+        }
+        self.table.sync(&members);
+        Ok((all, HashMap::new()))
+    }
+}

@@ -1,0 +1,30 @@
+//! An RTMP ingest load balancer on Cloudflare's Pingora.
+//!
+//! Publishers push RTMP to one address; the proxy spreads them over a fleet
+//! of media servers, giving each server at most its `max_connections`
+//! streams, and forwards bytes untouched.
+//!
+//! # Layout
+//!
+//! - [`app`]: command line, config file, and the Pingora `Server` composed
+//!   of its services. `main.rs` only calls it.
+//! - [`config`]: the `proxy:` section of the YAML file; every key, its
+//!   default and its meaning.
+//! - [`discovery`]: where backends come from (static list; Cloud Map),
+//!   behind Pingora's `ServiceDiscovery`, combined into one fleet.
+//! - [`health_check`]: active TCP checks, reported to the slot table.
+//! - [`balancer`]: the slot table (exact per-backend caps, the wait queue)
+//!   and the balancing policies.
+//! - [`proxy`]: one client connection from accept to close: slot, connect,
+//!   copy ([`proxy::duplex`]), release.
+//! - [`http`]: the public health endpoint and the private admin API.
+//! - [`metrics`]: Prometheus counters.
+
+pub mod app;
+pub mod balancer;
+pub mod config;
+pub mod discovery;
+pub mod health_check;
+pub mod http;
+pub mod metrics;
+pub mod proxy;

@@ -1,0 +1,225 @@
+//! The TCP proxy on `proxy.listen`: one task per client connection, from
+//! accept to the last byte.
+//!
+//! A connection goes through four steps: take a slot (waiting in the queue
+//! if the fleet is full), connect to the slot's backend (retrying other
+//! backends on failure), copy bytes both ways ([`duplex`]), then close the
+//! backend side and only then free the slot, so a media server never sees
+//! the old and the next connection overlap.
+
+pub mod duplex;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::{info, warn};
+use pingora_core::apps::ServerApp;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::balancer::{Slot, SlotTable};
+use crate::config::ProxyConfig;
+use crate::metrics;
+use duplex::{Flow, Side};
+
+/// Bytes a queued client may send before we stop reading from it.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// How long to wait for a backend to close its side after ours is closed,
+/// before dropping the connection anyway.
+const BACKEND_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Settings the data path reads for every connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub queue_timeout: Duration,
+}
+
+impl From<&ProxyConfig> for Settings {
+    fn from(c: &ProxyConfig) -> Self {
+        Self {
+            connect_timeout: c.connect_timeout,
+            idle_timeout: c.idle_timeout,
+            queue_timeout: c.queue_timeout(),
+        }
+    }
+}
+
+pub struct ProxyApp {
+    table: Arc<SlotTable>,
+    connector: TransportConnector,
+    settings: Settings,
+}
+
+impl ProxyApp {
+    pub fn new(table: Arc<SlotTable>, settings: Settings) -> Self {
+        Self {
+            table,
+            connector: TransportConnector::new(None),
+            settings,
+        }
+    }
+
+    fn peer(&self, addr: SocketAddr) -> BasicPeer {
+        let mut options = PeerOptions::new();
+        options.connection_timeout = Some(self.settings.connect_timeout);
+        // A struct literal: `BasicPeer::new` parses a string and panics on
+        // failure.
+        BasicPeer {
+            _address: PingoraAddr::Inet(addr),
+            sni: String::new(),
+            options,
+        }
+    }
+
+    /// Connects to the slot's backend; on failure marks it down and tries
+    /// the other eligible backends once each.
+    async fn connect(&self, mut slot: Slot, client: &str) -> Result<(Slot, Stream), String> {
+        let mut tried = Vec::new();
+        loop {
+            let addr = slot.addr();
+            tried.push(addr);
+            match self.connector.new_stream(&self.peer(addr)).await {
+                Ok(stream) => return Ok((slot, stream)),
+                Err(e) => {
+                    let why = format!("connect failed: {e}");
+                    warn!("{client}: backend {addr} {why}; trying another");
+                    self.table.set_health(addr, false, &why);
+                }
+            }
+            drop(slot);
+            slot = self.table.try_acquire_excluding(&tried).ok_or_else(|| {
+                format!("no backend accepted the connection (tried {})", tried.len())
+            })?;
+        }
+    }
+
+    async fn serve(&self, mut client: Stream, client_addr: &str) {
+        let m = metrics::get();
+        m.accepted.inc();
+
+        // Step 1: a slot, watching the client while it waits.
+        let mut pending = Vec::new();
+        let taken = tokio::select! {
+            taken = self.table.acquire(self.settings.queue_timeout) => taken,
+            () = watch_queued_client(&mut client, &mut pending) => {
+                reject(client_addr, "client_left", "client closed while queued");
+                return;
+            }
+        };
+        let slot = match taken {
+            Ok(slot) => slot,
+            Err(r) => {
+                reject(client_addr, r.as_str(), "no free backend slot");
+                return;
+            }
+        };
+
+        // Step 2: a backend connection.
+        let (slot, mut backend) = match self.connect(slot, client_addr).await {
+            Ok(pair) => pair,
+            Err(why) => {
+                reject(client_addr, "connect_failed", &why);
+                return;
+            }
+        };
+        m.served.inc();
+        let backend_addr = slot.addr();
+
+        // Step 3: bytes both ways.
+        let flow = Flow::new(m.byte_counters());
+        let end = if pending.is_empty() {
+            duplex::run(&mut client, &mut backend, &flow, self.settings.idle_timeout).await
+        } else {
+            flow.count(Side::Client, pending.len());
+            match write_all_flush(&mut backend, &pending).await {
+                Ok(()) => {
+                    duplex::run(&mut client, &mut backend, &flow, self.settings.idle_timeout).await
+                }
+                Err(e) => duplex::End::Failed(Side::Backend, e.to_string()),
+            }
+        };
+
+        // Step 4: close the backend side, then free the slot.
+        close_backend(&mut backend).await;
+        drop(backend);
+        drop(slot);
+
+        m.closed.with_label_values(&[end.reason()]).inc();
+        let detail = match &end {
+            duplex::End::Failed(_, e) => format!(" ({e})"),
+            _ => String::new(),
+        };
+        info!(
+            "{client_addr} -> {backend_addr}: {} bytes up, {} bytes down, {:.1?}, {}{detail}",
+            flow.from_client.load(std::sync::atomic::Ordering::Relaxed),
+            flow.from_backend.load(std::sync::atomic::Ordering::Relaxed),
+            flow.duration(),
+            end.reason(),
+        );
+    }
+}
+
+#[async_trait]
+impl ServerApp for ProxyApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        io: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let client_addr = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_else(|| "unknown-client".into());
+        self.serve(io, &client_addr).await;
+        None
+    }
+}
+
+fn reject(client: &str, reason: &str, why: &str) {
+    metrics::get().rejected.with_label_values(&[reason]).inc();
+    info!("{client}: closed without a backend: {reason} ({why})");
+}
+
+/// Resolves when a queued client closes or fails. Whatever it sends
+/// meanwhile is kept for the backend, up to [`MAX_PENDING`].
+async fn watch_queued_client(client: &mut Stream, pending: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        if pending.len() >= MAX_PENDING {
+            return std::future::pending().await;
+        }
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn write_all_flush(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Sends our FIN and waits (bounded) for the backend's, so that the backend
+/// has seen this connection end before its slot is given to someone else.
+async fn close_backend(backend: &mut Stream) {
+    let _ = backend.shutdown().await;
+    let _ = tokio::time::timeout(BACKEND_CLOSE_WAIT, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = backend.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
