@@ -109,6 +109,8 @@ impl ProxyApp {
         // Step 1: a slot, watching the client while it waits.
         let mut pending = Vec::new();
         let taken = tokio::select! {
+            // A free slot wins over a client that has already half-closed.
+            biased;
             taken = self.table.acquire(self.settings.queue_timeout) => taken,
             () = watch_queued_client(&mut client, &mut pending) => {
                 reject(client_addr, "client_left", "client closed while queued");

@@ -1,0 +1,449 @@
+//! Shared test harness: the real `rtmp-proxy` binary, real loopback TCP
+//! backends and a minimal HTTP client. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rtmp-proxy");
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running proxy process, killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub listen: SocketAddr,
+    pub health: SocketAddr,
+    pub admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts the binary with a config whose `proxy:` section holds the
+    /// three listen addresses on free ports plus `extra` (YAML lines
+    /// indented by two spaces), and waits until the admin port answers.
+    pub async fn start(extra: &str) -> Proxy {
+        let proxy = Self::spawn(extra);
+        // Not probed through the proxy port: a probe would be a client.
+        let (admin, health) = (proxy.admin, proxy.health);
+        let up = wait_until(Duration::from_secs(20), || {
+            http_get_blocking(admin, "/backends").is_ok()
+                && http_get_blocking(health, "/health").is_ok()
+        })
+        .await;
+        assert!(up, "proxy did not come up; log:\n{}", proxy.log_text());
+        proxy
+    }
+
+    /// Writes the config and starts the process without waiting.
+    pub fn spawn(extra: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let conf = format!(
+            "---\nversion: 1\nthreads: 2\npid_file: {d}/proxy.pid\nupgrade_sock: {d}/upgrade.sock\n\
+             proxy:\n  listen: \"{listen}\"\n  health_listen: \"{health}\"\n  admin_listen: \"{admin}\"\n{extra}",
+            d = dir.path().display()
+        );
+        let conf_path = dir.path().join("proxy.yaml");
+        std::fs::write(&conf_path, conf).expect("write config");
+        let log = dir.path().join("proxy.log");
+        let child = spawn_binary(&["-c", conf_path.to_str().unwrap()], &log);
+        Proxy {
+            child,
+            dir,
+            listen,
+            health,
+            admin,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `/backends` as JSON.
+    pub async fn backends(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(self.admin, "/backends")
+            .await
+            .expect("GET /backends");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("/backends is JSON")
+    }
+
+    /// Field `field` of the backend at `addr` in `/backends`.
+    pub async fn backend_field(&self, addr: SocketAddr, field: &str) -> serde_json::Value {
+        self.backends()
+            .await
+            .into_iter()
+            .find(|b| b["addr"] == addr.to_string())
+            .map(|b| b[field].clone())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The value of a counter in `/metrics`, 0 when absent.
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, body) = http_get(self.admin, "/metrics")
+            .await
+            .expect("GET /metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)?
+                    .strip_prefix(' ')?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Connects to the proxy port, retrying while it is not bound yet
+    /// (Pingora binds each service's listeners independently).
+    pub async fn connect(&self) -> TcpStream {
+        for _ in 0..100 {
+            match TcpStream::connect(self.listen).await {
+                Ok(s) => return s,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("connect to proxy: {e}"),
+            }
+        }
+        panic!("proxy port {} never accepted", self.listen)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with `args`, stdout and stderr to `log`.
+pub fn spawn_binary(args: &[&str], log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn rtmp-proxy")
+}
+
+/// Runs the binary to completion (bounded) and returns (exit code, output).
+pub fn run_binary(args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("out.log");
+    let mut child = spawn_binary(args, &log);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "rtmp-proxy {args:?} still running after 20 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+/// GET over a fresh connection; (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || http_get_blocking(addr, &path))
+        .await
+        .expect("http task")
+}
+
+pub fn http_get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = StdStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP answer: {raw:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// How a test backend behaves on each connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Sends `name\n`, then echoes everything.
+    TaggedEcho,
+    /// Reads everything, hashing it, while sending `n` pseudo-random bytes
+    /// seeded by `seed`; then reports the hash of what it read.
+    Exchange { n: usize, seed: u64 },
+}
+
+/// Counters a backend keeps about its own connections.
+#[derive(Default, Debug)]
+pub struct BackendStats {
+    pub accepted: AtomicUsize,
+    pub current: AtomicUsize,
+    pub peak: AtomicUsize,
+    /// Hashes of the streams read on finished `Exchange` connections.
+    pub hashes: Mutex<Vec<u64>>,
+}
+
+/// A loopback TCP backend.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<BackendStats>,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str, mode: Mode) -> Backend {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap(), mode).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr, mode: Mode) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(BackendStats::default());
+        let task = tokio::spawn(accept_loop(listener, name.to_string(), mode, stats.clone()));
+        Backend {
+            name: name.to_string(),
+            addr,
+            stats,
+            task,
+        }
+    }
+
+    /// Stops listening (live connections keep running).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.stats.accepted.load(Ordering::SeqCst)
+    }
+    pub fn current(&self) -> usize {
+        self.stats.current.load(Ordering::SeqCst)
+    }
+    pub fn peak(&self) -> usize {
+        self.stats.peak.load(Ordering::SeqCst)
+    }
+
+    /// A config line for `proxy.backends.static`.
+    pub fn yaml(&self, weight: usize, max: usize) -> String {
+        format!(
+            "      - addr: \"{}\"\n        weight: {weight}\n        max_connections: {max}\n",
+            self.addr
+        )
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, name: String, mode: Mode, stats: Arc<BackendStats>) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::SeqCst);
+        let now = stats.current.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.peak.fetch_max(now, Ordering::SeqCst);
+        let stats = stats.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _ = serve(sock, &name, mode, &stats).await;
+            stats.current.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+async fn serve(
+    mut sock: TcpStream,
+    name: &str,
+    mode: Mode,
+    stats: &BackendStats,
+) -> std::io::Result<()> {
+    match mode {
+        Mode::TaggedEcho => {
+            sock.write_all(format!("{name}\n").as_bytes()).await?;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = sock.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                sock.write_all(&buf[..n]).await?;
+            }
+        }
+        Mode::Exchange { n, seed } => {
+            let (mut rd, mut wr) = sock.into_split();
+            let send = async move {
+                write_random(&mut wr, n, seed).await?;
+                wr.shutdown().await
+            };
+            let (sent, hash) = tokio::join!(send, hash_to_end(&mut rd));
+            sent?;
+            stats.hashes.lock().unwrap().push(hash?);
+            Ok(())
+        }
+    }
+}
+
+/// xorshift64*: a deterministic byte stream for integrity checks.
+pub struct Prng(u64);
+
+impl Prng {
+    pub fn new(seed: u64) -> Self {
+        Prng(seed | 1)
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+pub async fn write_random<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    n: usize,
+    seed: u64,
+) -> std::io::Result<()> {
+    let mut rng = Prng::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len());
+        rng.fill(&mut buf[..k]);
+        w.write_all(&buf[..k]).await?;
+        left -= k;
+    }
+    w.flush().await
+}
+
+/// FNV-1a over the whole stream: independent of how reads split it.
+pub async fn hash_to_end<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<u64> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(h);
+        }
+        for &b in &buf[..n] {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Hash of what `write_random(n, seed)` sends.
+pub fn expected_hash(n: usize, seed: u64) -> u64 {
+    let mut rng = Prng::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len());
+        rng.fill(&mut buf[..k]);
+        for &b in &buf[..k] {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        left -= k;
+    }
+    h
+}
+
+/// Reads the `name\n` tag a `TaggedEcho` backend sends first; `None` if the
+/// proxy closed the connection instead (bounded by `limit`).
+pub async fn read_tag(s: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut tag = Vec::new();
+    let mut b = [0u8; 1];
+    let read = async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(1) if b[0] == b'\n' => return Some(String::from_utf8_lossy(&tag).into_owned()),
+                Ok(1) => tag.push(b[0]),
+                _ => return None,
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok().flatten()
+}
+
+/// Connects through the proxy and returns the serving backend's tag.
+pub async fn tag_of_new_client(proxy: &Proxy) -> (TcpStream, Option<String>) {
+    let mut s = proxy.connect().await;
+    let tag = read_tag(&mut s, Duration::from_secs(10)).await;
+    (s, tag)
+}
+
+/// True when the peer closed `s` (EOF or reset) within `limit`.
+pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
