@@ -25,6 +25,7 @@ use pingora_load_balancing::{Backends, LoadBalancer};
 
 use crate::balancer::{policy, Limits, SlotTable};
 use crate::config::{self, ProxyConfig};
+use crate::discovery::cloud_map::CloudMapDiscovery;
 use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
 use crate::http::{Admin, Health};
@@ -95,8 +96,11 @@ fn compose(server: &mut Server, proxy: &ProxyConfig) {
         },
     );
 
-    let sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>> =
+    let mut sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>> =
         vec![Box::new(StaticDiscovery::new(&proxy.backends.static_))];
+    if let Some(cloud_map) = &proxy.backends.cloud_map {
+        sources.push(Box::new(CloudMapDiscovery::new(cloud_map.clone())));
+    }
     let fleet = Fleet::new(sources, table.clone());
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(fleet)));
     lb.set_health_check(Box::new(ReportingCheck::new(
@@ -105,7 +109,8 @@ fn compose(server: &mut Server, proxy: &ProxyConfig) {
     )));
     lb.health_check_frequency = Some(proxy.health_check.interval);
     lb.parallel_health_check = true;
-    lb.update_frequency = None;
+    // Static backends need one discovery; Cloud Map is polled.
+    lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh);
     let backends = server.add_service(background_service("backends", lb));
 
     let mut rtmp = Service::new(

@@ -128,6 +128,63 @@ pub struct BackendsConfig {
     /// Backends listed in the file, in the order `first` balancing fills them.
     #[serde(default, rename = "static")]
     pub static_: Vec<StaticBackend>,
+    /// Backends registered in AWS Cloud Map, polled every `refresh`.
+    #[serde(default)]
+    pub cloud_map: Option<CloudMapConfig>,
+}
+
+/// `proxy.backends.cloud_map`: media servers as registered in an AWS Cloud
+/// Map service (ECS service discovery registers each task). Credentials and
+/// region come from the AWS SDK's default chain (the ECS task role on
+/// Fargate, environment variables locally).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudMapConfig {
+    /// Namespace name, e.g. `media.internal`.
+    pub namespace: String,
+    /// Service name within the namespace.
+    pub service: String,
+    /// AWS region; default: the SDK's default chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// API endpoint override (e.g. a local moto server); the SDK also reads
+    /// `AWS_ENDPOINT_URL_SERVICEDISCOVERY`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Port used for an instance without an `AWS_INSTANCE_PORT` attribute.
+    /// Default `1935`.
+    #[serde(default = "default_cloud_map_port")]
+    pub port: u16,
+    /// Which instances to ask for: `HEALTHY`, `UNHEALTHY`, `ALL` or
+    /// `HEALTHY_OR_ELSE_ALL` (default: healthy ones, or all when none is,
+    /// so a health-reporting outage does not empty the fleet).
+    #[serde(default)]
+    pub health_status: HealthStatus,
+    /// Time between two `DiscoverInstances` calls. Default `5s`.
+    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// Attribute filters Cloud Map applies (`DiscoverInstances`'
+    /// `QueryParameters`). Default none.
+    #[serde(default)]
+    pub query_parameters: std::collections::BTreeMap<String, String>,
+    /// Weight of an instance without a `weight` attribute. Default `10`.
+    #[serde(default = "default_weight", deserialize_with = "weight")]
+    pub weight: usize,
+    /// Cap of an instance without a `max_connections` attribute. Default `1`;
+    /// `0` = unlimited.
+    #[serde(default = "default_backend_max_connections")]
+    pub max_connections: usize,
+}
+
+/// `proxy.backends.cloud_map.health_status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthStatus {
+    Healthy,
+    Unhealthy,
+    All,
+    #[default]
+    HealthyOrElseAll,
 }
 
 /// One entry of `proxy.backends.static`.
@@ -169,6 +226,12 @@ fn default_check_interval() -> Duration {
 }
 fn default_check_timeout() -> Duration {
     Duration::from_secs(1)
+}
+fn default_cloud_map_port() -> u16 {
+    1935
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_weight() -> usize {
     10
@@ -382,6 +445,26 @@ mod tests {
         );
         let e = err("threads: 2\n");
         assert!(e.contains("missing field `proxy`"), "{e}");
+    }
+
+    #[test]
+    fn cloud_map_section() {
+        let c = parse("proxy:\n  backends:\n    cloud_map:\n      namespace: media.internal\n      service: rtmp-server\n      health_status: HEALTHY\n").unwrap();
+        let cm = c.backends.cloud_map.unwrap();
+        assert_eq!(
+            (cm.port, cm.refresh, cm.health_status),
+            (1935, Duration::from_secs(5), HealthStatus::Healthy)
+        );
+        let e = err("proxy:\n  backends:\n    cloud_map:\n      namespace: n\n      service: s\n      health_status: GREEN\n");
+        assert!(
+            e.starts_with("6: proxy.backends.cloud_map.health_status: unknown variant `GREEN`"),
+            "{e}"
+        );
+        let e = err("proxy:\n  backends:\n    cloud_map:\n      service: s\n");
+        assert!(
+            e.contains("proxy.backends.cloud_map: missing field `namespace`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct BackendView {
     /// holds connections.
     pub present: bool,
     pub source: String,
+    /// When discovery last answered successfully (RFC 3339).
+    pub refreshed_at: String,
 }
 
 /// Why a client got no slot.
@@ -107,6 +109,8 @@ struct Inner {
     active_total: usize,
     queue: VecDeque<Waiter>,
     next_waiter: u64,
+    /// When `sync` last ran: discovery's last successful answer.
+    synced_at: Option<std::time::SystemTime>,
 }
 
 struct Waiter {
@@ -123,6 +127,7 @@ impl SlotTable {
                 active_total: 0,
                 queue: VecDeque::new(),
                 next_waiter: 0,
+                synced_at: None,
             }),
             limits,
         })
@@ -182,8 +187,9 @@ impl SlotTable {
 
     /// Replaces the set of present backends with `members`, in order.
     /// Backends that left stay while they hold connections; counts of a
-    /// backend that comes back carry on.
-    pub fn sync(&self, members: &[Member]) {
+    /// backend that comes back carry on. `fresh`: every discovery source
+    /// answered (rather than some repeating their last good answer).
+    pub fn sync(&self, members: &[Member], fresh: bool) {
         {
             let mut inner = self.lock();
             let mut old = std::mem::take(&mut inner.backends);
@@ -227,6 +233,9 @@ impl SlotTable {
                 }
             }
             inner.backends = next;
+            if fresh {
+                inner.synced_at = Some(std::time::SystemTime::now());
+            }
         }
         self.dispatch();
     }
@@ -264,7 +273,12 @@ impl SlotTable {
     }
 
     pub fn snapshot(&self) -> Vec<BackendView> {
-        self.lock()
+        let inner = self.lock();
+        let refreshed_at = inner
+            .synced_at
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default();
+        inner
             .backends
             .iter()
             .map(|b| BackendView {
@@ -275,6 +289,7 @@ impl SlotTable {
                 healthy: b.healthy,
                 present: b.present,
                 source: b.member.source.clone(),
+                refreshed_at: refreshed_at.clone(),
             })
             .collect()
     }
@@ -418,7 +433,7 @@ mod tests {
                 max_queue,
             },
         );
-        t.sync(members);
+        t.sync(members, true);
         t
     }
 
@@ -473,17 +488,17 @@ mod tests {
     async fn removed_backend_keeps_its_slot_until_released() {
         let t = table(Balance::Roundrobin, &[member(1, 1)], 0);
         let held = t.acquire(NOW).await.unwrap();
-        t.sync(&[]);
+        t.sync(&[], true);
         let view = t.snapshot();
         assert_eq!((view.len(), view[0].present, view[0].active), (1, false, 1));
-        t.sync(&[member(1, 1)]);
+        t.sync(&[member(1, 1)], true);
         assert!(
             t.acquire(NOW).await.is_err(),
             "the returning backend is still full"
         );
         drop(held);
         assert_eq!(t.snapshot()[0].active, 0);
-        t.sync(&[]);
+        t.sync(&[], true);
         assert!(t.snapshot().is_empty());
     }
 
@@ -513,7 +528,7 @@ mod tests {
                 max_queue: 4,
             },
         );
-        t.sync(&[member(1, 0), member(2, 0)]);
+        t.sync(&[member(1, 0), member(2, 0)], true);
         let _a = t.acquire(NOW).await.unwrap();
         assert_eq!(t.acquire(NOW).await.unwrap_err(), Rejection::QueueTimeout);
     }

@@ -16,6 +16,8 @@ use pingora_core::Result;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::Backend;
 
+pub mod cloud_map;
+
 use crate::balancer::{Member, SlotTable};
 use crate::config::StaticBackend;
 
@@ -69,11 +71,13 @@ impl ServiceDiscovery for StaticDiscovery {
     }
 }
 
-/// All sources in config order, combined. Every successful answer also
-/// updates the slot table; a failed one keeps the previous set everywhere
-/// (Pingora keeps its own on `Err`, and the table is not touched).
+/// All sources in config order, combined. Every answer also updates the
+/// slot table. A source that fails keeps its previous backends (or none, if
+/// it never answered), so a Cloud Map outage at start-up does not hold back
+/// the static backends.
 pub struct Fleet {
     sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>>,
+    last_good: std::sync::Mutex<Vec<Option<BTreeSet<Backend>>>>,
     table: Arc<SlotTable>,
 }
 
@@ -82,17 +86,37 @@ impl Fleet {
         sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>>,
         table: Arc<SlotTable>,
     ) -> Self {
-        Self { sources, table }
+        let last_good = std::sync::Mutex::new(vec![None; sources.len()]);
+        Self {
+            sources,
+            last_good,
+            table,
+        }
     }
 }
 
 #[async_trait]
 impl ServiceDiscovery for Fleet {
     async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut answers = Vec::with_capacity(self.sources.len());
+        for source in &self.sources {
+            // Sources log their own failures.
+            answers.push(source.discover().await.ok().map(|(found, _)| found));
+        }
+        let all_fresh = answers.iter().all(Option::is_some);
+        let sets = {
+            let mut last_good = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+            for (slot, answer) in last_good.iter_mut().zip(answers) {
+                if answer.is_some() {
+                    *slot = answer;
+                }
+            }
+            last_good.clone()
+        };
+
         let mut all = BTreeSet::new();
         let mut members: Vec<Member> = Vec::new();
-        for source in &self.sources {
-            let (found, _) = source.discover().await?;
+        for found in sets.iter().flatten() {
             let mut ordered: Vec<&Backend> = found.iter().collect();
             ordered.sort_by_key(|b| (b.ext.get::<Order>().copied(), b.addr.clone()));
             for b in ordered {
@@ -110,7 +134,7 @@ impl ServiceDiscovery for Fleet {
                 all.insert(b.clone());
             }
         }
-        self.table.sync(&members);
+        self.table.sync(&members, all_fresh);
         Ok((all, HashMap::new()))
     }
 }

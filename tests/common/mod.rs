@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
@@ -54,7 +56,12 @@ impl Proxy {
     /// three listen addresses on free ports plus `extra` (YAML lines
     /// indented by two spaces), and waits until the admin port answers.
     pub async fn start(extra: &str) -> Proxy {
-        let proxy = Self::spawn(extra);
+        Self::start_with_env(extra, &[]).await
+    }
+
+    /// Like [`Proxy::start`], with extra environment variables.
+    pub async fn start_with_env(extra: &str, env: &[(&str, String)]) -> Proxy {
+        let proxy = Self::spawn(extra, env);
         // Not probed through the proxy port: a probe would be a client.
         let (admin, health) = (proxy.admin, proxy.health);
         let up = wait_until(Duration::from_secs(20), || {
@@ -67,7 +74,7 @@ impl Proxy {
     }
 
     /// Writes the config and starts the process without waiting.
-    pub fn spawn(extra: &str) -> Proxy {
+    pub fn spawn(extra: &str, env: &[(&str, String)]) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -80,7 +87,7 @@ impl Proxy {
         let conf_path = dir.path().join("proxy.yaml");
         std::fs::write(&conf_path, conf).expect("write config");
         let log = dir.path().join("proxy.log");
-        let child = spawn_binary(&["-c", conf_path.to_str().unwrap()], &log);
+        let child = spawn_binary(&["-c", conf_path.to_str().unwrap()], &log, env);
         Proxy {
             child,
             dir,
@@ -157,12 +164,13 @@ impl Drop for Proxy {
 }
 
 /// Runs the binary with `args`, stdout and stderr to `log`.
-pub fn spawn_binary(args: &[&str], log: &Path) -> Child {
+pub fn spawn_binary(args: &[&str], log: &Path, env: &[(&str, String)]) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
     Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -174,7 +182,7 @@ pub fn spawn_binary(args: &[&str], log: &Path) -> Child {
 pub fn run_binary(args: &[&str]) -> (i32, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("out.log");
-    let mut child = spawn_binary(args, &log);
+    let mut child = spawn_binary(args, &log, &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
