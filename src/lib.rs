@@ -17,6 +17,9 @@
 //!   and the balancing policies.
 //! - [`proxy`]: one client connection from accept to close: slot, connect,
 //!   copy ([`proxy::duplex`]), release.
+//! - [`rtmp`]: a passive, bounded RTMP observer: bytes become chunks
+//!   (`rtmp::chunk`, no meaning), chunks become AMF0 values (`rtmp::amf0`),
+//!   values become commands (`rtmp::command`, meaning).
 //! - [`http`]: the public health endpoint and the private admin API.
 //! - [`metrics`]: Prometheus counters.
 
@@ -28,3 +31,4 @@ pub mod health_check;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod rtmp;
