@@ -7,21 +7,25 @@
 //! | `rtmp proxy`     | `proxy.listen`        | [`crate::proxy`]                     |
 //! | `health`         | `proxy.health_listen` | `GET /health`                        |
 //! | `admin`          | `proxy.admin_listen`  | `/backends`, `/metrics`              |
+//! | `BG forwarded`   | -                     | clients an old process passes on     |
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use log::info;
+use log::{info, warn};
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backends, LoadBalancer};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::balancer::{policy, Limits, SlotTable};
 use crate::config::{self, ProxyConfig};
@@ -29,7 +33,9 @@ use crate::discovery::cloud_map::CloudMapDiscovery;
 use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
 use crate::http::{Admin, Health};
-use crate::proxy::{ProxyApp, Settings};
+use crate::lifecycle::handoff::{ForwardedClient, Handoff};
+use crate::lifecycle::{Lifecycle, Signals};
+use crate::proxy::{Forwarded, Proxy, ProxyApp, Settings};
 
 /// Command line: Pingora's own flags (`-c`, `-u`, `-d`, `-t`) and ours.
 #[derive(Debug, Parser)]
@@ -44,7 +50,7 @@ pub struct Cli {
 }
 
 /// Runs the proxy as the command line says; returns only on a start-up
-/// error or after `-t`.
+/// error, after `-t`, or after SIGINT.
 pub fn run(cli: Cli) -> Result<(), String> {
     let mut opt = cli.pingora;
     let path = opt
@@ -52,13 +58,24 @@ pub fn run(cli: Cli) -> Result<(), String> {
         .take()
         .ok_or("no config file given: pass -c FILE (see conf/rtmp-proxy.yaml)")?;
     let (text, proxy) = config::load(Path::new(&path)).map_err(|e| e.to_string())?;
-    let server_conf = ServerConf::from_yaml(&text)
-        .map_err(|e| format!("{path}: Pingora server settings: {e}"))?;
+    let mut server_conf =
+        ServerConf::from_yaml(&text).map_err(|e| format!("{path}: Pingora server settings: {e}"))?;
+    if opt.daemon || server_conf.daemon {
+        // Pingora forks in `run`, which would lose the drain and handoff
+        // threads started before it.
+        return Err("daemon mode is not supported: run rtmp-proxy in the foreground \
+                    (systemd, a container runtime)"
+            .into());
+    }
+    // Pingora drops every session when its grace period ends; ours (the
+    // drain) must always end first.
+    server_conf.grace_period_seconds = Some(proxy.drain_timeout.as_secs().saturating_add(30));
     if opt.test {
         println!("{path}: configuration OK");
         return Ok(());
     }
-    if !opt.upgrade {
+    let upgrade = opt.upgrade;
+    if !upgrade {
         // Pingora retries a busy address for 30 s and then panics inside
         // the service's thread; fail at once and clearly instead. An
         // upgrading process inherits the sockets, so it binds nothing.
@@ -67,9 +84,38 @@ pub fn run(cli: Cli) -> Result<(), String> {
         probe_listen("proxy.admin_listen", &proxy.admin_listen)?;
     }
 
+    let table = SlotTable::new(
+        policy::from_config(proxy.balance),
+        Limits {
+            global_cap: proxy.global_cap(),
+            max_queue: proxy.max_queue,
+        },
+    );
+    let lifecycle = Lifecycle::new(proxy.drain_delay, proxy.drain_timeout);
+    let handoff = Handoff::new(&server_conf.upgrade_sock, table.clone());
+    let (forward_tx, forward_rx) = tokio::sync::mpsc::unbounded_channel();
+    if upgrade {
+        // Before bootstrap: the old process must know we are waiting before
+        // it gives up the sockets.
+        handoff.connect_predecessor(forward_tx);
+    } else {
+        drop(forward_tx);
+    }
+    let pid_file = server_conf.pid_file.clone();
     let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf);
+    if upgrade {
+        info!("waiting for the old process to hand over the listening sockets");
+    }
     server.bootstrap();
-    compose(&mut server, &proxy);
+    if upgrade && !handoff.wait_ready(HANDOFF_WAIT) {
+        warn!("the old process did not confirm the slot handoff; serving with what it reported");
+    }
+    handoff.listen()?;
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        warn!("cannot write pid_file {pid_file}: {e}");
+    }
+
+    compose(&mut server, &proxy, table, lifecycle.clone(), handoff.clone(), forward_rx);
     info!(
         "rtmp-proxy {} listening on {} (health {}, admin {})",
         env!("CARGO_PKG_VERSION"),
@@ -77,8 +123,16 @@ pub fn run(cli: Cli) -> Result<(), String> {
         proxy.health_listen,
         proxy.admin_listen
     );
-    server.run_forever()
+    lifecycle.exit_when_drained(server.watch_execution_phase());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals::new(lifecycle, handoff)),
+    });
+    Ok(())
 }
+
+/// How long a new process waits, after receiving the sockets, for the old
+/// one's last slot report.
+const HANDOFF_WAIT: Duration = Duration::from_secs(10);
 
 fn probe_listen(key: &str, addr: &str) -> Result<(), String> {
     TcpListener::bind(addr)
@@ -87,15 +141,14 @@ fn probe_listen(key: &str, addr: &str) -> Result<(), String> {
 }
 
 /// Adds every service to the server.
-fn compose(server: &mut Server, proxy: &ProxyConfig) {
-    let table = SlotTable::new(
-        policy::from_config(proxy.balance),
-        Limits {
-            global_cap: proxy.global_cap(),
-            max_queue: proxy.max_queue,
-        },
-    );
-
+fn compose(
+    server: &mut Server,
+    proxy: &ProxyConfig,
+    table: Arc<SlotTable>,
+    lifecycle: Arc<Lifecycle>,
+    handoff: Arc<Handoff>,
+    forwarded: UnboundedReceiver<ForwardedClient>,
+) {
     let mut sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>> =
         vec![Box::new(StaticDiscovery::new(&proxy.backends.static_))];
     if let Some(cloud_map) = &proxy.backends.cloud_map {
@@ -113,18 +166,19 @@ fn compose(server: &mut Server, proxy: &ProxyConfig) {
     lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh);
     let backends = server.add_service(background_service("backends", lb));
 
-    let mut rtmp = Service::new(
-        "rtmp proxy".to_string(),
-        ProxyApp::new(table.clone(), Settings::from(proxy)),
-    );
+    let core = Proxy::new(table.clone(), Settings::from(proxy), lifecycle.clone(), handoff);
+    let mut rtmp = Service::new("rtmp proxy".to_string(), ProxyApp(core.clone()));
     // No read buffer per accepted client: the copy has its own, and idle
     // connections should cost little.
     rtmp.add_listener(ListenerConfig::tcp(&proxy.listen).l4_buffer(L4BufferSettings::unbuffered()));
     server.add_service(rtmp).add_dependency(&backends);
+    server
+        .add_service(background_service("forwarded", Forwarded::new(core, forwarded)))
+        .add_dependency(&backends);
 
     let mut health = Service::new(
         "health".to_string(),
-        HttpServer::new_app(Health::new(table.clone())),
+        HttpServer::new_app(Health::new(table.clone(), lifecycle)),
     );
     health.add_tcp(&proxy.health_listen);
     health.threads = Some(1);

@@ -65,6 +65,16 @@ pub struct ProxyConfig {
     /// `queue_full`). `0` disables queueing. Default `1024`.
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
+    /// After SIGTERM, how long the listener keeps accepting (and serving)
+    /// new clients while `/health` already answers 503, so Route53 or the
+    /// NLB can move new publishers elsewhere first. Default `10s`.
+    #[serde(default = "default_drain_delay", deserialize_with = "duration")]
+    pub drain_delay: Duration,
+    /// After the listeners close (SIGTERM, or SIGQUIT for an upgrade), live
+    /// streams run on until they end or this much time has passed; then
+    /// they are cut and the process exits. Default `6h`.
+    #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
     /// Active TCP connect checks of every backend.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
@@ -220,6 +230,12 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_max_queue() -> usize {
     1024
+}
+fn default_drain_delay() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
 fn default_check_interval() -> Duration {
     Duration::from_secs(2)

@@ -13,16 +13,18 @@ use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::balancer::{BackendView, SlotTable};
+use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics;
 
 /// `GET /health` on `proxy.health_listen`.
 pub struct Health {
     table: Arc<SlotTable>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Health {
-    pub fn new(table: Arc<SlotTable>) -> Self {
-        Self { table }
+    pub fn new(table: Arc<SlotTable>, lifecycle: Arc<Lifecycle>) -> Self {
+        Self { table, lifecycle }
     }
 }
 
@@ -37,8 +39,11 @@ impl ServeHttp for Health {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
         // The process exits if the proxy listener cannot be bound (see
-        // main), so while this answers, the proxy port is open.
-        if self.table.any_healthy() {
+        // main), so while this answers, the proxy port is open, unless the
+        // process is draining.
+        if self.lifecycle.phase() == Phase::Draining {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if self.table.any_healthy() {
             text(StatusCode::OK, "ok\n")
         } else {
             text(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")

@@ -29,6 +29,7 @@ pub mod config;
 pub mod discovery;
 pub mod health_check;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod rtmp;

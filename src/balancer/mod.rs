@@ -40,6 +40,8 @@ pub struct Member {
 struct Backend {
     member: Member,
     active: usize,
+    /// Of `active`, slots held by the previous process of an upgrade.
+    inherited: usize,
     healthy: bool,
     /// Still in the latest discovery answer. A backend that left keeps its
     /// live connections (and their slots) until they end.
@@ -59,6 +61,9 @@ pub struct BackendView {
     pub weight: usize,
     pub max_connections: usize,
     pub active: usize,
+    /// Of `active`, streams still running on the previous process of a
+    /// binary upgrade.
+    pub inherited: usize,
     pub healthy: bool,
     /// False once discovery has dropped it; it stays listed while it still
     /// holds connections.
@@ -68,6 +73,16 @@ pub struct BackendView {
     pub refreshed_at: String,
 }
 
+/// A slot taken or freed, as told to a successor process (see
+/// `lifecycle::handoff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotEvent {
+    Take(SocketAddr),
+    Release(SocketAddr),
+}
+
+type Observer = Box<dyn Fn(SlotEvent) + Send>;
+
 /// Why a client got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -75,6 +90,9 @@ pub enum Rejection {
     QueueFull,
     /// The client waited `queue_timeout` without a slot coming free.
     QueueTimeout,
+    /// This process handed its slots to a new process (binary upgrade);
+    /// the client belongs there.
+    HandedOff,
 }
 
 impl Rejection {
@@ -83,6 +101,7 @@ impl Rejection {
         match self {
             Rejection::QueueFull => "queue_full",
             Rejection::QueueTimeout => "queue_timeout",
+            Rejection::HandedOff => "handed_off",
         }
     }
 }
@@ -111,6 +130,10 @@ struct Inner {
     next_waiter: u64,
     /// When `sync` last ran: discovery's last successful answer.
     synced_at: Option<std::time::SystemTime>,
+    /// Told of every take and release, while a successor listens.
+    observer: Option<Observer>,
+    /// No more grants: the slots belong to a successor process.
+    frozen: bool,
 }
 
 struct Waiter {
@@ -128,6 +151,8 @@ impl SlotTable {
                 queue: VecDeque::new(),
                 next_waiter: 0,
                 synced_at: None,
+                observer: None,
+                frozen: false,
             }),
             limits,
         })
@@ -146,6 +171,9 @@ impl SlotTable {
     pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Slot, Rejection> {
         let (id, mut granted) = {
             let mut inner = self.lock();
+            if inner.frozen {
+                return Err(Rejection::HandedOff);
+            }
             if inner.queue.is_empty() {
                 if let Some(addr) = inner.take(self.limits.global_cap, &[]) {
                     return Ok(Slot::new(self, addr));
@@ -167,9 +195,8 @@ impl SlotTable {
         drop(leave);
         match outcome {
             Ok(Ok(addr)) => Ok(Slot::new(self, addr)),
-            // The sender is only dropped when the waiter is removed, which
-            // only we do; treat it like a timeout all the same.
-            Ok(Err(_)) => Err(Rejection::QueueTimeout),
+            // The queue is only emptied under us when the table freezes.
+            Ok(Err(_)) => Err(Rejection::HandedOff),
             // Granted at the last moment: take it rather than leak it.
             Err(_) => match granted.try_recv() {
                 Ok(addr) => Ok(Slot::new(self, addr)),
@@ -210,6 +237,7 @@ impl SlotTable {
                         next.push(Backend {
                             member: m.clone(),
                             active: 0,
+                            inherited: 0,
                             // As in Pingora: new backends start healthy and
                             // the first check or failed connect says otherwise.
                             healthy: true,
@@ -286,6 +314,7 @@ impl SlotTable {
                 weight: b.member.weight,
                 max_connections: b.member.max_connections,
                 active: b.active,
+                inherited: b.inherited,
                 healthy: b.healthy,
                 present: b.present,
                 source: b.member.source.clone(),
@@ -295,19 +324,97 @@ impl SlotTable {
     }
 
     fn release(&self, addr: SocketAddr) {
-        {
-            let mut inner = self.lock();
-            inner.active_total = inner.active_total.saturating_sub(1);
-            if let Some(i) = inner.backends.iter().position(|b| b.member.addr == addr) {
-                let b = &mut inner.backends[i];
-                b.active = b.active.saturating_sub(1);
-                if !b.present && b.active == 0 {
-                    inner.backends.remove(i);
-                    inner.policy.forget(&addr);
-                }
+        self.lock().release(addr, false);
+        self.dispatch();
+    }
+
+    /// Tells `observer` of every slot held now (as takes) and of every
+    /// take and release from now on; returns how many are held.
+    pub fn subscribe(&self, observer: impl Fn(SlotEvent) + Send + 'static) -> usize {
+        let mut inner = self.lock();
+        let mut held = 0;
+        for b in &inner.backends {
+            for _ in 0..b.active {
+                observer(SlotEvent::Take(b.member.addr));
+                held += 1;
             }
         }
+        inner.observer = Some(Box::new(observer));
+        held
+    }
+
+    pub fn unsubscribe(&self) {
+        self.lock().observer = None;
+    }
+
+    /// Stops granting slots for good: queued clients are told
+    /// [`Rejection::HandedOff`]; held slots are still released as they end.
+    pub fn freeze(&self) {
+        let mut inner = self.lock();
+        inner.frozen = true;
+        inner.queue.clear();
+    }
+
+    /// Counts a slot held by the previous process of an upgrade.
+    pub fn inherit(&self, addr: SocketAddr) {
+        let mut inner = self.lock();
+        let i = match inner.backends.iter().position(|b| b.member.addr == addr) {
+            Some(i) => i,
+            None => {
+                // Not discovered here yet: tracked like a backend that left,
+                // until discovery names it or its last slot ends.
+                inner.backends.push(Backend {
+                    member: Member {
+                        addr,
+                        weight: 1,
+                        max_connections: 0,
+                        source: "inherited".into(),
+                    },
+                    active: 0,
+                    inherited: 0,
+                    healthy: true,
+                    present: false,
+                });
+                inner.backends.len() - 1
+            }
+        };
+        inner.backends[i].active += 1;
+        inner.backends[i].inherited += 1;
+        inner.active_total += 1;
+        inner.notify(SlotEvent::Take(addr));
+    }
+
+    /// A stream of the previous process ended.
+    pub fn release_inherited(&self, addr: SocketAddr) {
+        self.lock().release(addr, true);
         self.dispatch();
+    }
+
+    /// The previous process is gone, and with it every stream it held;
+    /// returns how many slots that freed.
+    pub fn clear_inherited(&self) -> usize {
+        let freed = {
+            let mut inner = self.lock();
+            let held: Vec<(SocketAddr, usize)> = inner
+                .backends
+                .iter()
+                .filter(|b| b.inherited > 0)
+                .map(|b| (b.member.addr, b.inherited))
+                .collect();
+            for &(addr, n) in &held {
+                for _ in 0..n {
+                    inner.release(addr, true);
+                }
+            }
+            held.iter().map(|(_, n)| n).sum()
+        };
+        self.dispatch();
+        freed
+    }
+
+    /// Slots held by the previous process of an upgrade.
+    pub fn inherited(&self) -> usize {
+        self.lock().backends.iter().map(|b| b.inherited).sum()
     }
 
     /// Serves queued clients in order while slots are free. Grants are sent
@@ -335,9 +442,31 @@ impl SlotTable {
 }
 
 impl Inner {
+    fn notify(&self, event: SlotEvent) {
+        if let Some(observer) = &self.observer {
+            observer(event);
+        }
+    }
+
+    fn release(&mut self, addr: SocketAddr, inherited: bool) {
+        self.active_total = self.active_total.saturating_sub(1);
+        if let Some(i) = self.backends.iter().position(|b| b.member.addr == addr) {
+            let b = &mut self.backends[i];
+            b.active = b.active.saturating_sub(1);
+            if inherited {
+                b.inherited = b.inherited.saturating_sub(1);
+            }
+            if !b.present && b.active == 0 {
+                self.backends.remove(i);
+                self.policy.forget(&addr);
+            }
+        }
+        self.notify(SlotEvent::Release(addr));
+    }
+
     /// Picks an eligible backend with the policy and takes one of its slots.
     fn take(&mut self, global_cap: Option<usize>, tried: &[SocketAddr]) -> Option<SocketAddr> {
-        if global_cap.is_some_and(|cap| self.active_total >= cap) {
+        if self.frozen || global_cap.is_some_and(|cap| self.active_total >= cap) {
             return None;
         }
         let eligible: Vec<usize> = (0..self.backends.len())
@@ -363,8 +492,10 @@ impl Inner {
         let picked = self.policy.pick(&candidates).min(eligible.len() - 1);
         let b = &mut self.backends[eligible[picked]];
         b.active += 1;
+        let addr = b.member.addr;
         self.active_total += 1;
-        Some(b.member.addr)
+        self.notify(SlotEvent::Take(addr));
+        Some(addr)
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Buffer per direction. Publishers push a few Mbit/s towards the backend;
@@ -38,6 +39,8 @@ pub enum End {
     Failed(Side, String),
     /// No byte in either direction for `idle_timeout`.
     Idle,
+    /// The process stopped draining (`drain_timeout`) and cut the stream.
+    ShutdownCut,
 }
 
 impl End {
@@ -49,6 +52,7 @@ impl End {
             End::Failed(Side::Client, _) => "client_error",
             End::Failed(Side::Backend, _) => "backend_error",
             End::Idle => "idle_timeout",
+            End::ShutdownCut => "shutdown_cut",
         }
     }
 }
@@ -114,9 +118,15 @@ impl Flow {
     }
 }
 
-/// Copies both ways until both directions are closed, a side fails, or the
-/// connection is idle for `idle_timeout`.
-pub async fn run<C, B>(client: &mut C, backend: &mut B, flow: &Flow, idle_timeout: Duration) -> End
+/// Copies both ways until both directions are closed, a side fails, the
+/// connection is idle for `idle_timeout`, or `cut` turns true.
+pub async fn run<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    flow: &Flow,
+    idle_timeout: Duration,
+    mut cut: watch::Receiver<bool>,
+) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -146,6 +156,7 @@ where
             flow.first_end.get().cloned().unwrap_or(End::Closed(Side::Client))
         }
         () = flow.idle(idle_timeout) => End::Idle,
+        _ = cut.wait_for(|cut| *cut) => End::ShutdownCut,
     }
 }
 

@@ -14,17 +14,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use log::{info, warn};
+use log::{debug, info, warn};
 use pingora_core::apps::ServerApp;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
+use pingora_core::services::background::BackgroundService;
+use tokio::sync::mpsc::UnboundedReceiver;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::balancer::{Slot, SlotTable};
+use crate::balancer::{Rejection, Slot, SlotTable};
 use crate::config::ProxyConfig;
+use crate::lifecycle::handoff::{ForwardedClient, Handoff};
+use crate::lifecycle::Lifecycle;
 use crate::metrics;
 use duplex::{Flow, Side};
 
@@ -53,19 +58,31 @@ impl From<&ProxyConfig> for Settings {
     }
 }
 
-pub struct ProxyApp {
+/// Everything a client connection needs, shared by the listener
+/// ([`ProxyApp`]) and the clients an old process forwards during an upgrade
+/// ([`Forwarded`]).
+pub struct Proxy {
     table: Arc<SlotTable>,
     connector: TransportConnector,
     settings: Settings,
+    lifecycle: Arc<Lifecycle>,
+    handoff: Arc<Handoff>,
 }
 
-impl ProxyApp {
-    pub fn new(table: Arc<SlotTable>, settings: Settings) -> Self {
-        Self {
+impl Proxy {
+    pub fn new(
+        table: Arc<SlotTable>,
+        settings: Settings,
+        lifecycle: Arc<Lifecycle>,
+        handoff: Arc<Handoff>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             table,
             connector: TransportConnector::new(None),
             settings,
-        }
+            lifecycle,
+            handoff,
+        })
     }
 
     fn peer(&self, addr: SocketAddr) -> BasicPeer {
@@ -102,12 +119,13 @@ impl ProxyApp {
         }
     }
 
-    async fn serve(&self, mut client: Stream, client_addr: &str) {
+    /// Serves one client; `pending` holds bytes already read from it.
+    async fn serve(&self, mut client: Stream, client_addr: &str, mut pending: Vec<u8>) {
+        let _session = self.lifecycle.session();
         let m = metrics::get();
         m.accepted.inc();
 
         // Step 1: a slot, watching the client while it waits.
-        let mut pending = Vec::new();
         let taken = tokio::select! {
             // A free slot wins over a client that has already half-closed.
             biased;
@@ -119,6 +137,14 @@ impl ProxyApp {
         };
         let slot = match taken {
             Ok(slot) => slot,
+            Err(Rejection::HandedOff) => {
+                // An upgrade is under way: the new process serves it.
+                match self.handoff.forward(client, client_addr, pending) {
+                    Ok(()) => debug!("{client_addr}: passed to the new process"),
+                    Err(_) => reject(client_addr, "handed_off", "no new process to pass the client to"),
+                }
+                return;
+            }
             Err(r) => {
                 reject(client_addr, r.as_str(), "no free backend slot");
                 return;
@@ -138,16 +164,12 @@ impl ProxyApp {
 
         // Step 3: bytes both ways.
         let flow = Flow::new(m.byte_counters());
-        let end = if pending.is_empty() {
-            duplex::run(&mut client, &mut backend, &flow, self.settings.idle_timeout).await
-        } else {
-            flow.count(Side::Client, pending.len());
-            match write_all_flush(&mut backend, &pending).await {
-                Ok(()) => {
-                    duplex::run(&mut client, &mut backend, &flow, self.settings.idle_timeout).await
-                }
-                Err(e) => duplex::End::Failed(Side::Backend, e.to_string()),
-            }
+        let cut = self.lifecycle.cut_signal();
+        let idle = self.settings.idle_timeout;
+        flow.count(Side::Client, pending.len());
+        let end = match write_all_flush(&mut backend, &pending).await {
+            Ok(()) => duplex::run(&mut client, &mut backend, &flow, idle, cut).await,
+            Err(e) => duplex::End::Failed(Side::Backend, e.to_string()),
         };
 
         // Step 4: close the backend side, then free the slot.
@@ -170,8 +192,13 @@ impl ProxyApp {
     }
 }
 
+/// The listener's side: Pingora hands every accepted connection here.
+pub struct ProxyApp(pub Arc<Proxy>);
+
 #[async_trait]
 impl ServerApp for ProxyApp {
+    /// Pingora's shutdown watch is ignored on purpose: it fires when the
+    /// listeners close, and streams must run on (see `lifecycle`).
     async fn process_new(
         self: &Arc<Self>,
         io: Stream,
@@ -181,8 +208,50 @@ impl ServerApp for ProxyApp {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().map(|a| a.to_string()))
             .unwrap_or_else(|| "unknown-client".into());
-        self.serve(io, &client_addr).await;
+        self.0.serve(io, &client_addr, Vec::new()).await;
         None
+    }
+}
+
+/// Clients the old process passes over during an upgrade, served as if
+/// accepted here.
+pub struct Forwarded {
+    proxy: Arc<Proxy>,
+    clients: std::sync::Mutex<Option<UnboundedReceiver<ForwardedClient>>>,
+}
+
+impl Forwarded {
+    pub fn new(proxy: Arc<Proxy>, clients: UnboundedReceiver<ForwardedClient>) -> Self {
+        Self {
+            proxy,
+            clients: std::sync::Mutex::new(Some(clients)),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Forwarded {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let taken = self.clients.lock().ok().and_then(|mut c| c.take());
+        let Some(mut clients) = taken else { return };
+        while let Some(c) = clients.recv().await {
+            let std_stream = std::net::TcpStream::from(c.fd);
+            let stream = match std_stream
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(std_stream))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("{}: cannot take over a forwarded client: {e}", c.peer);
+                    continue;
+                }
+            };
+            let proxy = self.proxy.clone();
+            tokio::spawn(async move {
+                let stream: Stream = Box::new(L4Stream::from(stream));
+                proxy.serve(stream, &c.peer, c.pending).await;
+            });
+        }
     }
 }
 
@@ -207,6 +276,9 @@ async fn watch_queued_client(client: &mut Stream, pending: &mut Vec<u8>) {
 }
 
 async fn write_all_flush(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
     stream.write_all(bytes).await?;
     stream.flush().await
 }

@@ -1,0 +1,409 @@
+//! Slot handoff between the old and the new process of a binary upgrade.
+//!
+//! Pingora moves the listening sockets; established streams stay in the old
+//! process until they end. So that `max_connections` holds across the
+//! upgrade, exactly one process grants slots at any moment:
+//!
+//! 1. The new process (started with `-u`) connects to the old one's control
+//!    socket (`<upgrade_sock>.slots`) *before* it asks Pingora for the
+//!    listening sockets. The old process sends one `take` per slot it holds,
+//!    then every `take` and `release` as they happen; the new process counts
+//!    them as occupied (they are "inherited").
+//! 2. On SIGQUIT, the old process stops granting slots ("hands off"), sends a
+//!    `handoff` marker, and only then lets Pingora send the sockets. The new
+//!    process waits for that marker before it serves anyone, so every slot
+//!    the old one granted is known first.
+//! 3. For the few seconds both processes accept on the shared sockets, the
+//!    old one passes each client it accepts (and any client still queued)
+//!    to the new one, with the bytes already read, over the same socket
+//!    (`SCM_RIGHTS`).
+//! 4. The old process keeps reporting releases until it exits; when it is
+//!    gone, whatever it still held is released. A process that is itself
+//!    upgraded passes on what it inherited, so upgrades can follow each
+//!    other while old streams run.
+//!
+//! The channel is a Unix `SOCK_SEQPACKET` socket: message boundaries are
+//! kept, so every message is one datagram, tagged by its first byte. It is
+//! served by plain threads: it carries a handful of messages per stream.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use log::{info, warn};
+use nix::sys::socket::{
+    accept, bind, connect, listen, recvmsg, sendmsg, socket, AddressFamily, Backlog,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
+
+use super::Lifecycle;
+use crate::balancer::{SlotEvent, SlotTable};
+
+const TAKE: u8 = b'T';
+const RELEASE: u8 = b'R';
+const HANDOFF: u8 = b'H';
+const CLIENT: u8 = b'C';
+
+/// Largest datagram: a client message carries up to 64 KiB already read.
+const MAX_MESSAGE: usize = 80 * 1024;
+
+/// A client accepted by the old process, to be served here.
+pub struct ForwardedClient {
+    pub fd: OwnedFd,
+    pub peer: String,
+    pub pending: Vec<u8>,
+}
+
+/// What goes to the successor, in order.
+enum Outgoing {
+    Event(SlotEvent),
+    Marker,
+    Client(ForwardedClient),
+}
+
+pub struct Handoff {
+    path: PathBuf,
+    /// Pingora's `upgrade_sock`, where a new process waits for the sockets.
+    upgrade_sock: PathBuf,
+    table: Arc<SlotTable>,
+    /// The connected successor's queue, while there is one.
+    successor: Mutex<Option<mpsc::Sender<Outgoing>>>,
+    /// Set once the predecessor's marker arrived (or it never existed).
+    ready: (Mutex<bool>, Condvar),
+}
+
+impl Handoff {
+    /// The control socket path for a given Pingora `upgrade_sock`.
+    fn path_for(upgrade_sock: &str) -> PathBuf {
+        PathBuf::from(format!("{upgrade_sock}.slots"))
+    }
+
+    pub fn new(upgrade_sock: &str, table: Arc<SlotTable>) -> Arc<Self> {
+        Arc::new(Self {
+            path: Self::path_for(upgrade_sock),
+            upgrade_sock: PathBuf::from(upgrade_sock),
+            table,
+            successor: Mutex::new(None),
+            ready: (Mutex::new(false), Condvar::new()),
+        })
+    }
+
+    /// New process side, before Pingora's bootstrap: connects to the old
+    /// process and starts applying its slots. Forwarded clients are sent to
+    /// `clients`. Returns false when there is no old process to talk to.
+    pub fn connect_predecessor(
+        self: &Arc<Self>,
+        clients: tokio::sync::mpsc::UnboundedSender<ForwardedClient>,
+    ) -> bool {
+        let conn = match seqpacket().and_then(|fd| {
+            let addr = UnixAddr::new(self.path.as_path())?;
+            connect(fd.as_raw_fd(), &addr)?;
+            Ok(fd)
+        }) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(
+                    "no slot handoff from the old process ({}: {e}); slot counts start at zero",
+                    self.path.display()
+                );
+                self.set_ready();
+                return false;
+            }
+        };
+        info!("connected to the old process for the slot handoff");
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("handoff-in".into())
+            .spawn(move || me.read_predecessor(conn, clients));
+        if let Err(e) = spawned {
+            warn!("cannot start the handoff reader ({e}); slot counts start at zero");
+            self.set_ready();
+            return false;
+        }
+        true
+    }
+
+    /// Blocks until the old process has handed off (bounded by `limit`).
+    pub fn wait_ready(&self, limit: Duration) -> bool {
+        let (lock, cv) = &self.ready;
+        let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = cv
+            .wait_timeout_while(guard, limit, |ready| !*ready)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    fn set_ready(&self) {
+        let (lock, cv) = &self.ready;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    fn read_predecessor(
+        &self,
+        conn: OwnedFd,
+        clients: tokio::sync::mpsc::UnboundedSender<ForwardedClient>,
+    ) {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let (len, fd) = match receive(&conn, &mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("slot handoff channel failed: {e}");
+                    break;
+                }
+            };
+            let Some((&tag, body)) = buf[..len].split_first() else {
+                continue;
+            };
+            match (tag, fd) {
+                (TAKE, None) => {
+                    if let Some(addr) = parse_addr(body) {
+                        self.table.inherit(addr);
+                    }
+                }
+                (RELEASE, None) => {
+                    if let Some(addr) = parse_addr(body) {
+                        self.table.release_inherited(addr);
+                    }
+                }
+                (HANDOFF, None) => {
+                    info!(
+                        "old process handed off; it still holds {} slot(s)",
+                        self.table.inherited()
+                    );
+                    self.set_ready();
+                }
+                (CLIENT, Some(fd)) => match decode_client(body, fd) {
+                    Some(client) => {
+                        let _ = clients.send(client);
+                    }
+                    None => warn!("malformed forwarded client from the old process; dropped"),
+                },
+                _ => warn!("unexpected slot handoff message (tag {tag}); ignored"),
+            }
+        }
+        let left = self.table.clear_inherited();
+        info!("old process gone; released the {left} slot(s) it still held");
+        self.set_ready();
+    }
+
+    /// Every process: serves the control socket so that a future new
+    /// process can take over. Replaces the old process's socket file, which
+    /// must already be connected to by then.
+    pub fn listen(self: &Arc<Self>) -> Result<(), String> {
+        let what = |e: nix::Error| format!("slot handoff socket {}: {e}", self.path.display());
+        let _ = std::fs::remove_file(&self.path);
+        let fd = seqpacket().map_err(what)?;
+        let addr = UnixAddr::new(self.path.as_path()).map_err(what)?;
+        bind(fd.as_raw_fd(), &addr).map_err(what)?;
+        listen(&fd, Backlog::new(4).map_err(what)?).map_err(what)?;
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("handoff-listen".into())
+            .spawn(move || me.accept_successors(fd))
+            .map(drop)
+            .map_err(|e| format!("slot handoff thread: {e}"))
+    }
+
+    fn accept_successors(self: Arc<Self>, listener: OwnedFd) {
+        loop {
+            let conn = match accept(listener.as_raw_fd()) {
+                // SAFETY: accept returned a new descriptor that nothing else owns.
+                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    warn!("slot handoff socket: accept failed: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let mut successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
+            if successor.is_some() {
+                warn!("a second new process tried to take over; refused");
+                continue;
+            }
+            let (tx, rx) = mpsc::channel();
+            let snapshot = self.table.subscribe({
+                let tx = tx.clone();
+                move |event| {
+                    let _ = tx.send(Outgoing::Event(event));
+                }
+            });
+            info!(
+                "a new process is waiting to take over; sent it {} live slot(s)",
+                snapshot
+            );
+            *successor = Some(tx);
+            drop(successor);
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("handoff-out".into())
+                .spawn(move || me.write_successor(conn, rx));
+            if let Err(e) = spawned {
+                warn!("cannot start the handoff writer: {e}");
+                self.drop_successor();
+            }
+        }
+    }
+
+    fn write_successor(&self, conn: OwnedFd, rx: mpsc::Receiver<Outgoing>) {
+        for out in rx {
+            let sent = match out {
+                Outgoing::Event(SlotEvent::Take(addr)) => send(&conn, TAKE, addr.to_string().as_bytes(), None),
+                Outgoing::Event(SlotEvent::Release(addr)) => {
+                    send(&conn, RELEASE, addr.to_string().as_bytes(), None)
+                }
+                Outgoing::Marker => send(&conn, HANDOFF, &[], None),
+                Outgoing::Client(c) => send(&conn, CLIENT, &encode_client(&c), Some(c.fd.as_raw_fd())),
+            };
+            if let Err(e) = sent {
+                warn!("the new process left the slot handoff: {e}");
+                break;
+            }
+        }
+        self.drop_successor();
+    }
+
+    fn drop_successor(&self) {
+        self.table.unsubscribe();
+        *self.successor.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Old process, on SIGQUIT: hands off to the connected new process, or
+    /// says why it cannot.
+    pub fn begin(&self, lifecycle: &Lifecycle) -> Result<(), String> {
+        let successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = successor.as_ref() else {
+            return Err(
+                "no new process is waiting for the sockets (start it with -u first; see scripts/upgrade)"
+                    .into(),
+            );
+        };
+        if !unix_listener_exists(&self.upgrade_sock) {
+            return Err(format!(
+                "the new process is not listening on {} yet",
+                self.upgrade_sock.display()
+            ));
+        }
+        // Freezing first means no grant can follow the marker.
+        self.table.freeze();
+        lifecycle.hand_off();
+        tx.send(Outgoing::Marker)
+            .map_err(|_| "the new process has gone away".to_string())
+    }
+
+    /// Old process, after handing off: passes a client to the new process.
+    /// Gives the client back when that is not possible.
+    pub fn forward(&self, client: Stream, peer: &str, pending: Vec<u8>) -> Result<(), Stream> {
+        let successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = successor.as_ref() else {
+            return Err(client);
+        };
+        // Not a plain TCP stream, or out of descriptors: the client is
+        // closed here, as if the old process had stopped accepting.
+        let Ok(l4) = client.into_any().downcast::<L4Stream>() else {
+            return Ok(());
+        };
+        // SAFETY: the descriptor stays open while `l4` lives, past the dup.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(l4.as_raw_fd()) };
+        let Ok(fd) = borrowed.try_clone_to_owned() else {
+            return Ok(());
+        };
+        drop(l4);
+        let client = ForwardedClient {
+            fd,
+            peer: peer.to_string(),
+            pending,
+        };
+        tx.send(Outgoing::Client(client)).map_err(|_| ()).ok();
+        Ok(())
+    }
+}
+
+fn seqpacket() -> nix::Result<OwnedFd> {
+    socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+}
+
+fn parse_addr(body: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(body).ok()?.parse().ok()
+}
+
+fn encode_client(c: &ForwardedClient) -> Vec<u8> {
+    let peer = c.peer.as_bytes();
+    let peer = &peer[..peer.len().min(255)];
+    let mut out = Vec::with_capacity(1 + peer.len() + c.pending.len());
+    out.push(peer.len() as u8);
+    out.extend_from_slice(peer);
+    out.extend_from_slice(&c.pending);
+    out
+}
+
+fn decode_client(body: &[u8], fd: OwnedFd) -> Option<ForwardedClient> {
+    let (&n, rest) = body.split_first()?;
+    let (peer, pending) = rest.split_at_checked(n as usize)?;
+    Some(ForwardedClient {
+        fd,
+        peer: String::from_utf8_lossy(peer).into_owned(),
+        pending: pending.to_vec(),
+    })
+}
+
+fn send(conn: &OwnedFd, tag: u8, body: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
+    let tag = [tag];
+    let iov = [IoSlice::new(&tag), IoSlice::new(body)];
+    let fds = fd.map(|f| [f]);
+    let cmsgs: Vec<ControlMessage> = fds.iter().map(|f| ControlMessage::ScmRights(f)).collect();
+    sendmsg::<UnixAddr>(conn.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(drop)
+}
+
+/// One datagram: its length and the descriptor it carried, `None` at EOF.
+fn receive(conn: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Option<OwnedFd>)>> {
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<UnixAddr>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fd = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: SCM_RIGHTS installed these descriptors for us alone.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                if fd.is_none() {
+                    fd = Some(owned);
+                }
+            }
+        }
+    }
+    if msg.bytes == 0 && fd.is_none() {
+        return Ok(None);
+    }
+    Ok(Some((msg.bytes, fd)))
+}
+
+/// True when some process listens on the Unix socket at `path` (read from
+/// /proc/net/unix, which does not disturb the listener).
+pub fn unix_listener_exists(path: &Path) -> bool {
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.len() >= 8
+            && cols[7] == want
+            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & ACCEPTCON != 0)
+    })
+}

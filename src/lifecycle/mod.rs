@@ -1,0 +1,237 @@
+//! Process lifecycle: signals, drain, and exit when the last stream ends.
+//!
+//! Pingora's own handling would cut every RTMP stream: after SIGTERM or
+//! SIGQUIT it sleeps `grace_period_seconds` (300 s by default) whatever
+//! happens, then drops every session. Here:
+//!
+//! - SIGTERM: `/health` says `draining` at once, the listeners keep
+//!   accepting for `drain_delay` (so DNS and load balancers move new
+//!   publishers elsewhere without a refused connection), then close. Live
+//!   streams run on until they end or `drain_timeout` passes.
+//! - SIGQUIT (binary upgrade, see [`handoff`]): honoured only when a new
+//!   process is waiting for the listening sockets; this process then stops
+//!   granting slots, forwards any client it still accepts to the new
+//!   process, and drains like after SIGTERM.
+//! - SIGINT: fast exit.
+//!
+//! Either drain ends with `exit(0)` as soon as no session is left (Pingora's
+//! grace period is set longer than `drain_timeout`, so it never cuts first).
+//! At `drain_timeout` the remaining sessions are cut, each logging why.
+
+pub mod handoff;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use log::{error, info, warn};
+use pingora_core::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, watch};
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Serving = 0,
+    /// SIGTERM: health says draining; listeners close after `drain_delay`.
+    Draining = 1,
+    /// SIGQUIT with a successor: slots and new clients belong to it.
+    HandedOff = 2,
+}
+
+/// State shared by the proxy, the health endpoint and the exit logic.
+pub struct Lifecycle {
+    phase: AtomicU8,
+    sessions: Mutex<usize>,
+    sessions_changed: Condvar,
+    /// Flipped at `drain_timeout`: every live session ends itself.
+    cut: watch::Sender<bool>,
+    /// Flipped when slots pass to a successor: queued clients move to it.
+    handed_off: watch::Sender<bool>,
+    drain_delay: Duration,
+    drain_timeout: Duration,
+}
+
+impl Lifecycle {
+    pub fn new(drain_delay: Duration, drain_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            phase: AtomicU8::new(Phase::Serving as u8),
+            sessions: Mutex::new(0),
+            sessions_changed: Condvar::new(),
+            cut: watch::channel(false).0,
+            handed_off: watch::channel(false).0,
+            drain_delay,
+            drain_timeout,
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            1 => Phase::Draining,
+            2 => Phase::HandedOff,
+            _ => Phase::Serving,
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    /// Counts a client connection for as long as the guard lives.
+    pub fn session(self: &Arc<Self>) -> SessionGuard {
+        *self.sessions.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        SessionGuard(self.clone())
+    }
+
+    pub fn sessions(&self) -> usize {
+        *self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves when sessions must end now (`drain_timeout` passed).
+    pub fn cut_signal(&self) -> watch::Receiver<bool> {
+        self.cut.subscribe()
+    }
+
+    /// Resolves when this process has handed its slots to a successor.
+    pub fn handed_off_signal(&self) -> watch::Receiver<bool> {
+        self.handed_off.subscribe()
+    }
+
+    pub(crate) fn hand_off(&self) {
+        self.set_phase(Phase::HandedOff);
+        self.handed_off.send_replace(true);
+    }
+
+    /// Waits (blocking) until no session is left or `limit` has passed;
+    /// returns the number left.
+    fn wait_sessions_gone(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let mut n = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            n = self
+                .sessions_changed
+                .wait_timeout(n, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *n
+    }
+
+    /// Runs on its own thread from start-up: once Pingora has closed the
+    /// listeners, waits for the sessions to end (or cuts them at
+    /// `drain_timeout`), then exits the process.
+    pub fn exit_when_drained(self: &Arc<Self>, mut phases: broadcast::Receiver<ExecutionPhase>) {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("drain".into())
+            .spawn(move || {
+                loop {
+                    match phases.blocking_recv() {
+                        Ok(ExecutionPhase::ShutdownStarted) => break,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+                me.drain_and_exit();
+            });
+        if let Err(e) = spawned {
+            error!("cannot start the drain thread ({e}); Pingora's grace period will end the process");
+        }
+    }
+
+    fn drain_and_exit(&self) {
+        let live = self.sessions();
+        info!(
+            "listeners closed; {live} stream(s) draining (up to {})",
+            humantime::format_duration(self.drain_timeout)
+        );
+        let left = self.wait_sessions_gone(self.drain_timeout);
+        if left > 0 {
+            warn!("drain_timeout reached: cutting {left} live stream(s)");
+            self.cut.send_replace(true);
+            let still = self.wait_sessions_gone(Duration::from_secs(2));
+            if still > 0 {
+                warn!("{still} session(s) did not end after the cut; exiting anyway");
+            }
+        }
+        info!("drained; exiting");
+        std::process::exit(0);
+    }
+}
+
+/// One live client connection; dropping it may let the process exit.
+pub struct SessionGuard(Arc<Lifecycle>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut n = self.0.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        self.0.sessions_changed.notify_all();
+    }
+}
+
+/// Pingora's shutdown signal source, replacing its plain Unix one.
+pub struct Signals {
+    lifecycle: Arc<Lifecycle>,
+    handoff: Arc<handoff::Handoff>,
+}
+
+impl Signals {
+    pub fn new(lifecycle: Arc<Lifecycle>, handoff: Arc<handoff::Handoff>) -> Self {
+        Self { lifecycle, handoff }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        loop {
+            tokio::select! {
+                _ = int.recv() => {
+                    info!("SIGINT: exiting now");
+                    return ShutdownSignal::FastShutdown;
+                }
+                _ = term.recv() => {
+                    let delay = self.lifecycle.drain_delay;
+                    self.lifecycle.set_phase(Phase::Draining);
+                    info!(
+                        "SIGTERM: draining; /health answers 503, new clients are still served for {}",
+                        humantime::format_duration(delay)
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = int.recv() => {
+                            info!("SIGINT while draining: exiting now");
+                            return ShutdownSignal::FastShutdown;
+                        }
+                    }
+                    info!("closing the listeners");
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = quit.recv() => {
+                    match self.handoff.begin(&self.lifecycle) {
+                        Ok(()) => {
+                            info!("SIGQUIT: upgrade started; handing the listening sockets to the new process");
+                            return ShutdownSignal::GracefulUpgrade;
+                        }
+                        Err(why) => warn!("SIGQUIT ignored: {why}"),
+                    }
+                }
+            }
+        }
+    }
+}
