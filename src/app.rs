@@ -58,14 +58,16 @@ pub fn run(cli: Cli) -> Result<(), String> {
         .take()
         .ok_or("no config file given: pass -c FILE (see conf/rtmp-proxy.yaml)")?;
     let (text, proxy) = config::load(Path::new(&path)).map_err(|e| e.to_string())?;
-    let mut server_conf =
-        ServerConf::from_yaml(&text).map_err(|e| format!("{path}: Pingora server settings: {e}"))?;
+    let mut server_conf = ServerConf::from_yaml(&text)
+        .map_err(|e| format!("{path}: Pingora server settings: {e}"))?;
     if opt.daemon || server_conf.daemon {
         // Pingora forks in `run`, which would lose the drain and handoff
         // threads started before it.
-        return Err("daemon mode is not supported: run rtmp-proxy in the foreground \
+        return Err(
+            "daemon mode is not supported: run rtmp-proxy in the foreground \
                     (systemd, a container runtime)"
-            .into());
+                .into(),
+        );
     }
     // Pingora drops every session when its grace period ends; ours (the
     // drain) must always end first.
@@ -115,7 +117,14 @@ pub fn run(cli: Cli) -> Result<(), String> {
         warn!("cannot write pid_file {pid_file}: {e}");
     }
 
-    compose(&mut server, &proxy, table, lifecycle.clone(), handoff.clone(), forward_rx);
+    compose(
+        &mut server,
+        &proxy,
+        table,
+        lifecycle.clone(),
+        handoff.clone(),
+        forward_rx,
+    );
     info!(
         "rtmp-proxy {} listening on {} (health {}, admin {})",
         env!("CARGO_PKG_VERSION"),
@@ -166,14 +175,22 @@ fn compose(
     lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh);
     let backends = server.add_service(background_service("backends", lb));
 
-    let core = Proxy::new(table.clone(), Settings::from(proxy), lifecycle.clone(), handoff);
+    let core = Proxy::new(
+        table.clone(),
+        Settings::from(proxy),
+        lifecycle.clone(),
+        handoff,
+    );
     let mut rtmp = Service::new("rtmp proxy".to_string(), ProxyApp(core.clone()));
     // No read buffer per accepted client: the copy has its own, and idle
     // connections should cost little.
     rtmp.add_listener(ListenerConfig::tcp(&proxy.listen).l4_buffer(L4BufferSettings::unbuffered()));
     server.add_service(rtmp).add_dependency(&backends);
     server
-        .add_service(background_service("forwarded", Forwarded::new(core, forwarded)))
+        .add_service(background_service(
+            "forwarded",
+            Forwarded::new(core, forwarded),
+        ))
         .add_dependency(&backends);
 
     let mut health = Service::new(

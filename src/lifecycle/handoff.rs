@@ -257,12 +257,16 @@ impl Handoff {
     fn write_successor(&self, conn: OwnedFd, rx: mpsc::Receiver<Outgoing>) {
         for out in rx {
             let sent = match out {
-                Outgoing::Event(SlotEvent::Take(addr)) => send(&conn, TAKE, addr.to_string().as_bytes(), None),
+                Outgoing::Event(SlotEvent::Take(addr)) => {
+                    send(&conn, TAKE, addr.to_string().as_bytes(), None)
+                }
                 Outgoing::Event(SlotEvent::Release(addr)) => {
                     send(&conn, RELEASE, addr.to_string().as_bytes(), None)
                 }
                 Outgoing::Marker => send(&conn, HANDOFF, &[], None),
-                Outgoing::Client(c) => send(&conn, CLIENT, &encode_client(&c), Some(c.fd.as_raw_fd())),
+                Outgoing::Client(c) => {
+                    send(&conn, CLIENT, &encode_client(&c), Some(c.fd.as_raw_fd()))
+                }
             };
             if let Err(e) = sent {
                 warn!("the new process left the slot handoff: {e}");
@@ -329,7 +333,12 @@ impl Handoff {
 }
 
 fn seqpacket() -> nix::Result<OwnedFd> {
-    socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
 }
 
 fn parse_addr(body: &[u8]) -> Option<SocketAddr> {
@@ -369,7 +378,12 @@ fn receive(conn: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Option<
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = loop {
-        match recvmsg::<UnixAddr>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match recvmsg::<UnixAddr>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Err(nix::Error::EINTR) => continue,
             other => break other?,
         }

@@ -141,7 +141,9 @@ impl Lifecycle {
                 me.drain_and_exit();
             });
         if let Err(e) = spawned {
-            error!("cannot start the drain thread ({e}); Pingora's grace period will end the process");
+            error!(
+                "cannot start the drain thread ({e}); Pingora's grace period will end the process"
+            );
         }
     }
 

@@ -20,11 +20,11 @@ use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
-use pingora_core::services::background::BackgroundService;
-use tokio::sync::mpsc::UnboundedReceiver;
 use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::balancer::{Rejection, Slot, SlotTable};
 use crate::config::ProxyConfig;
@@ -141,7 +141,11 @@ impl Proxy {
                 // An upgrade is under way: the new process serves it.
                 match self.handoff.forward(client, client_addr, pending) {
                     Ok(()) => debug!("{client_addr}: passed to the new process"),
-                    Err(_) => reject(client_addr, "handed_off", "no new process to pass the client to"),
+                    Err(_) => reject(
+                        client_addr,
+                        "handed_off",
+                        "no new process to pass the client to",
+                    ),
                 }
                 return;
             }

@@ -307,7 +307,7 @@ impl Drop for Backend {
 
 async fn accept_loop(listener: TcpListener, name: String, mode: Mode, stats: Arc<BackendStats>) {
     loop {
-        let Ok((sock, _)) = listener.accept().await else {
+        let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         stats.accepted.fetch_add(1, Ordering::SeqCst);
@@ -316,14 +316,18 @@ async fn accept_loop(listener: TcpListener, name: String, mode: Mode, stats: Arc
         let stats = stats.clone();
         let name = name.clone();
         tokio::spawn(async move {
-            let _ = serve(sock, &name, mode, &stats).await;
+            let _ = serve(&mut sock, &name, mode, &stats).await;
+            // Counted down before the socket closes: the proxy may reuse the
+            // slot as soon as it sees the close, and `peak` must not count
+            // this connection and the next one at once.
             stats.current.fetch_sub(1, Ordering::SeqCst);
+            drop(sock);
         });
     }
 }
 
 async fn serve(
-    mut sock: TcpStream,
+    sock: &mut TcpStream,
     name: &str,
     mode: Mode,
     stats: &BackendStats,
@@ -341,7 +345,7 @@ async fn serve(
             }
         }
         Mode::Exchange { n, seed } => {
-            let (mut rd, mut wr) = sock.into_split();
+            let (mut rd, mut wr) = sock.split();
             let send = async move {
                 write_random(&mut wr, n, seed).await?;
                 wr.shutdown().await
