@@ -251,12 +251,14 @@ mod tests {
             client.read_to_end(&mut back).await.unwrap();
             assert_eq!(back, b"world!");
         };
+        let (_keep, cut) = watch::channel(false);
         let (end, ()) = tokio::join!(
             run(
                 &mut proxy_client,
                 &mut proxy_backend,
                 &f,
-                Duration::from_secs(5)
+                Duration::from_secs(5),
+                cut
             ),
             peers
         );
@@ -270,13 +272,33 @@ mod tests {
         let (_client, mut proxy_client) = tokio::io::duplex(1024);
         let (mut proxy_backend, _backend) = tokio::io::duplex(1024);
         let f = flow();
+        let (_keep, cut) = watch::channel(false);
         let end = run(
             &mut proxy_client,
             &mut proxy_backend,
             &f,
             Duration::from_secs(30),
+            cut,
         )
         .await;
         assert_eq!(end, End::Idle);
+    }
+
+    #[tokio::test]
+    async fn a_cut_ends_the_copy() {
+        let (_client, mut proxy_client) = tokio::io::duplex(1024);
+        let (mut proxy_backend, _backend) = tokio::io::duplex(1024);
+        let f = flow();
+        let (tx, cut) = watch::channel(false);
+        tx.send_replace(true);
+        let end = run(
+            &mut proxy_client,
+            &mut proxy_backend,
+            &f,
+            Duration::from_secs(30),
+            cut,
+        )
+        .await;
+        assert_eq!(end, End::ShutdownCut);
     }
 }
