@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use log::{debug, info, warn};
+use log::{info, warn};
 use pingora_core::apps::ServerApp;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -140,7 +140,7 @@ impl Proxy {
             Err(Rejection::HandedOff) => {
                 // An upgrade is under way: the new process serves it.
                 match self.handoff.forward(client, client_addr, pending) {
-                    Ok(()) => debug!("{client_addr}: passed to the new process"),
+                    Ok(()) => info!("{client_addr}: passed to the new process (upgrade)"),
                     Err(_) => reject(
                         client_addr,
                         "handed_off",
