@@ -35,6 +35,7 @@ use crate::health_check::ReportingCheck;
 use crate::http::{Admin, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
+use crate::metrics;
 use crate::proxy::{Forwarded, Proxy, ProxyApp, Settings};
 
 /// Command line: Pingora's own flags (`-c`, `-u`, `-d`, `-t`) and ours.
@@ -76,6 +77,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         println!("{path}: configuration OK");
         return Ok(());
     }
+    raise_fd_limit();
     let upgrade = opt.upgrade;
     if !upgrade {
         // Pingora retries a busy address for 30 s and then panics inside
@@ -117,6 +119,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         warn!("cannot write pid_file {pid_file}: {e}");
     }
 
+    metrics::init();
     compose(
         &mut server,
         &proxy,
@@ -143,6 +146,19 @@ pub fn run(cli: Cli) -> Result<(), String> {
 /// one's last slot report.
 const HANDOFF_WAIT: Duration = Duration::from_secs(10);
 
+/// Every stream holds two descriptors, and Pingora only sleeps when it runs
+/// out: take the hard limit the system allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
 fn probe_listen(key: &str, addr: &str) -> Result<(), String> {
     TcpListener::bind(addr)
         .map(drop)
@@ -158,10 +174,15 @@ fn compose(
     handoff: Arc<Handoff>,
     forwarded: UnboundedReceiver<ForwardedClient>,
 ) {
-    let mut sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>> =
-        vec![Box::new(StaticDiscovery::new(&proxy.backends.static_))];
+    let mut sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)> = vec![(
+        "static",
+        Box::new(StaticDiscovery::new(&proxy.backends.static_)),
+    )];
     if let Some(cloud_map) = &proxy.backends.cloud_map {
-        sources.push(Box::new(CloudMapDiscovery::new(cloud_map.clone())));
+        sources.push((
+            "cloud_map",
+            Box::new(CloudMapDiscovery::new(cloud_map.clone())),
+        ));
     }
     let fleet = Fleet::new(sources, table.clone());
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(fleet)));

@@ -93,7 +93,7 @@ impl ServeHttp for Admin {
             "/metrics" => body(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(),
+                metrics::render(&self.table),
             ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }

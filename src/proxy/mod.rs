@@ -104,10 +104,16 @@ impl Proxy {
         loop {
             let addr = slot.addr();
             tried.push(addr);
-            match self.connector.new_stream(&self.peer(addr)).await {
+            let started = std::time::Instant::now();
+            let connected = self.connector.new_stream(&self.peer(addr)).await;
+            metrics::get()
+                .connect_time
+                .observe(started.elapsed().as_secs_f64());
+            match connected {
                 Ok(stream) => return Ok((slot, stream)),
                 Err(e) => {
-                    let why = format!("connect failed: {e}");
+                    // Pingora's own text repeats the whole peer definition.
+                    let why = format!("connect failed: {}", e.root_cause());
                     warn!("{client}: backend {addr} {why}; trying another");
                     self.table.set_health(addr, false, &why);
                 }
@@ -126,6 +132,7 @@ impl Proxy {
         m.accepted.inc();
 
         // Step 1: a slot, watching the client while it waits.
+        let queued_at = std::time::Instant::now();
         let taken = tokio::select! {
             // A free slot wins over a client that has already half-closed.
             biased;
@@ -135,6 +142,7 @@ impl Proxy {
                 return;
             }
         };
+        m.queue_wait.observe(queued_at.elapsed().as_secs_f64());
         let slot = match taken {
             Ok(slot) => slot,
             Err(Rejection::HandedOff) => {
