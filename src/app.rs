@@ -27,8 +27,9 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backends, LoadBalancer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::balancer::redis::SharedSlots;
 use crate::balancer::{policy, Limits, SlotTable};
-use crate::config::{self, ProxyConfig};
+use crate::config::{self, ProxyConfig, SlotStore};
 use crate::discovery::cloud_map::CloudMapDiscovery;
 use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
@@ -120,6 +121,16 @@ pub fn run(cli: Cli) -> Result<(), String> {
     }
 
     metrics::init();
+    let shared = match (&proxy.slots.store, &proxy.slots.url) {
+        (SlotStore::Redis, Some(url)) => Some(SharedSlots::start(
+            url,
+            &proxy.slots.key_prefix,
+            proxy.slots.lease,
+            proxy.connect_timeout,
+            table.clone(),
+        )?),
+        _ => None,
+    };
     compose(
         &mut server,
         &proxy,
@@ -127,6 +138,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         lifecycle.clone(),
         handoff.clone(),
         forward_rx,
+        shared,
     );
     info!(
         "rtmp-proxy {} listening on {} (health {}, admin {})",
@@ -173,6 +185,7 @@ fn compose(
     lifecycle: Arc<Lifecycle>,
     handoff: Arc<Handoff>,
     forwarded: UnboundedReceiver<ForwardedClient>,
+    shared: Option<Arc<SharedSlots>>,
 ) {
     let mut sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)> = vec![(
         "static",
@@ -201,6 +214,7 @@ fn compose(
         Settings::from(proxy),
         lifecycle.clone(),
         handoff,
+        shared.clone(),
     );
     let mut rtmp = Service::new("rtmp proxy".to_string(), ProxyApp(core.clone()));
     // No read buffer per accepted client: the copy has its own, and idle
@@ -222,7 +236,10 @@ fn compose(
     health.threads = Some(1);
     server.add_service(health).add_dependency(&backends);
 
-    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin::new(table)));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        HttpServer::new_app(Admin::new(table, shared.clone())),
+    );
     admin.add_tcp(&proxy.admin_listen);
     admin.threads = Some(1);
     server.add_service(admin);

@@ -12,6 +12,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
+use crate::balancer::redis::SharedSlots;
 use crate::balancer::{BackendView, SlotTable};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics;
@@ -54,11 +55,20 @@ impl ServeHttp for Health {
 /// The admin API on `proxy.admin_listen`.
 pub struct Admin {
     table: Arc<SlotTable>,
+    shared: Option<Arc<SharedSlots>>,
 }
 
 impl Admin {
-    pub fn new(table: Arc<SlotTable>) -> Self {
-        Self { table }
+    pub fn new(table: Arc<SlotTable>, shared: Option<Arc<SharedSlots>>) -> Self {
+        Self { table, shared }
+    }
+
+    fn slot_store(&self) -> &'static str {
+        match &self.shared {
+            None => "local",
+            Some(s) if s.degraded() => "redis (degraded)",
+            Some(_) => "redis",
+        }
     }
 }
 
@@ -70,6 +80,9 @@ struct BackendEntry {
     /// Clients waiting for any backend: the queue is shared, so every
     /// element carries the same value.
     queued: usize,
+    /// Where slots are counted: `local`, `redis`, or `redis (degraded)`
+    /// while Redis is unreachable (same in every element).
+    slot_store: &'static str,
 }
 
 #[async_trait]
@@ -82,11 +95,16 @@ impl ServeHttp for Admin {
         match req.uri.path() {
             "/backends" => {
                 let queued = self.table.queued();
+                let slot_store = self.slot_store();
                 let entries: Vec<BackendEntry> = self
                     .table
                     .snapshot()
                     .into_iter()
-                    .map(|backend| BackendEntry { backend, queued })
+                    .map(|backend| BackendEntry {
+                        backend,
+                        queued,
+                        slot_store,
+                    })
                     .collect();
                 json(&entries)
             }

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub connect_time: Histogram,
     pub discovery: IntCounterVec,
     pub discovery_last_success: GaugeVec,
+    pub slot_store_degraded: IntGauge,
     backend_active: IntGaugeVec,
     backend_max: IntGaugeVec,
     backend_healthy: IntGaugeVec,
@@ -88,6 +89,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "rtmp_proxy_discovery_last_success_timestamp_seconds",
         "Unix time of the last successful discovery call, by source.",
         &["source"]
+    )
+    .expect("metric registration"),
+    slot_store_degraded: register_int_gauge!(
+        "rtmp_proxy_slot_store_degraded",
+        "1 while the Redis slot store is unreachable and slots are counted locally."
     )
     .expect("metric registration"),
     backend_active: register_int_gauge_vec!(

@@ -26,6 +26,7 @@ use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::balancer::redis::{Lease, LeaseOutcome, SharedSlots};
 use crate::balancer::{Rejection, Slot, SlotTable};
 use crate::config::ProxyConfig;
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
@@ -67,6 +68,8 @@ pub struct Proxy {
     settings: Settings,
     lifecycle: Arc<Lifecycle>,
     handoff: Arc<Handoff>,
+    /// Fleet-wide slots, when `proxy.slots.store` is `redis`.
+    shared: Option<Arc<SharedSlots>>,
 }
 
 impl Proxy {
@@ -75,6 +78,7 @@ impl Proxy {
         settings: Settings,
         lifecycle: Arc<Lifecycle>,
         handoff: Arc<Handoff>,
+        shared: Option<Arc<SharedSlots>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             table,
@@ -82,6 +86,7 @@ impl Proxy {
             settings,
             lifecycle,
             handoff,
+            shared,
         })
     }
 
@@ -97,12 +102,31 @@ impl Proxy {
         }
     }
 
+    /// With a Redis slot store, the fleet-wide lease for a local slot;
+    /// `None` when other proxies hold the backend's last slot.
+    async fn lease(&self, slot: Slot) -> Option<Taken> {
+        let Some(shared) = &self.shared else {
+            return Some(Taken { slot, lease: None });
+        };
+        let addr = slot.addr();
+        match shared.lease(addr, self.table.max_connections(addr)).await {
+            LeaseOutcome::Granted(lease) => Some(Taken {
+                slot,
+                lease: Some(lease),
+            }),
+            LeaseOutcome::Full => {
+                self.table.mark_remote_full(addr);
+                None
+            }
+        }
+    }
+
     /// Connects to the slot's backend; on failure marks it down and tries
     /// the other eligible backends once each.
-    async fn connect(&self, mut slot: Slot, client: &str) -> Result<(Slot, Stream), String> {
+    async fn connect(&self, mut taken: Taken, client: &str) -> Result<(Taken, Stream), String> {
         let mut tried = Vec::new();
         loop {
-            let addr = slot.addr();
+            let addr = taken.slot.addr();
             tried.push(addr);
             let started = std::time::Instant::now();
             let connected = self.connector.new_stream(&self.peer(addr)).await;
@@ -110,7 +134,7 @@ impl Proxy {
                 .connect_time
                 .observe(started.elapsed().as_secs_f64());
             match connected {
-                Ok(stream) => return Ok((slot, stream)),
+                Ok(stream) => return Ok((taken, stream)),
                 Err(e) => {
                     // Pingora's own text repeats the whole peer definition.
                     let why = format!("connect failed: {}", e.root_cause());
@@ -118,10 +142,17 @@ impl Proxy {
                     self.table.set_health(addr, false, &why);
                 }
             }
-            drop(slot);
-            slot = self.table.try_acquire_excluding(&tried).ok_or_else(|| {
-                format!("no backend accepted the connection (tried {})", tried.len())
-            })?;
+            taken.release().await;
+            taken = loop {
+                let slot = self.table.try_acquire_excluding(&tried).ok_or_else(|| {
+                    format!("no backend accepted the connection (tried {})", tried.len())
+                })?;
+                let addr = slot.addr();
+                match self.lease(slot).await {
+                    Some(t) => break t,
+                    None => tried.push(addr),
+                }
+            };
         }
     }
 
@@ -131,20 +162,40 @@ impl Proxy {
         let m = metrics::get();
         m.accepted.inc();
 
-        // Step 1: a slot, watching the client while it waits.
+        // Step 1: a slot (and with a Redis store its fleet-wide lease),
+        // watching the client while it waits.
         let queued_at = std::time::Instant::now();
-        let taken = tokio::select! {
-            // A free slot wins over a client that has already half-closed.
-            biased;
-            taken = self.table.acquire(self.settings.queue_timeout) => taken,
-            () = watch_queued_client(&mut client, &mut pending) => {
-                reject(client_addr, "client_left", "client closed while queued");
-                return;
+        let deadline = queued_at + self.settings.queue_timeout;
+        let mut lost_race = false;
+        let taken = loop {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let slot = tokio::select! {
+                // A free slot wins over a client that has already half-closed.
+                biased;
+                slot = async {
+                    if lost_race {
+                        self.table.acquire_again(wait).await
+                    } else {
+                        self.table.acquire(wait).await
+                    }
+                } => slot,
+                () = watch_queued_client(&mut client, &mut pending) => {
+                    reject(client_addr, "client_left", "client closed while queued");
+                    return;
+                }
+            };
+            match slot {
+                Ok(slot) => match self.lease(slot).await {
+                    Some(taken) => break Ok(taken),
+                    // Another proxy took it first: wait again, at the head.
+                    None => lost_race = true,
+                },
+                Err(e) => break Err(e),
             }
         };
         m.queue_wait.observe(queued_at.elapsed().as_secs_f64());
-        let slot = match taken {
-            Ok(slot) => slot,
+        let taken = match taken {
+            Ok(taken) => taken,
             Err(Rejection::HandedOff) => {
                 // An upgrade is under way: the new process serves it.
                 match self.handoff.forward(client, client_addr, pending) {
@@ -164,7 +215,7 @@ impl Proxy {
         };
 
         // Step 2: a backend connection.
-        let (slot, mut backend) = match self.connect(slot, client_addr).await {
+        let (taken, mut backend) = match self.connect(taken, client_addr).await {
             Ok(pair) => pair,
             Err(why) => {
                 reject(client_addr, "connect_failed", &why);
@@ -172,7 +223,7 @@ impl Proxy {
             }
         };
         m.served.inc();
-        let backend_addr = slot.addr();
+        let backend_addr = taken.slot.addr();
 
         // Step 3: bytes both ways.
         let flow = Flow::new(m.byte_counters());
@@ -187,7 +238,7 @@ impl Proxy {
         // Step 4: close the backend side, then free the slot.
         close_backend(&mut backend).await;
         drop(backend);
-        drop(slot);
+        taken.release().await;
 
         m.closed.with_label_values(&[end.reason()]).inc();
         let detail = match &end {
@@ -201,6 +252,23 @@ impl Proxy {
             flow.duration(),
             end.reason(),
         );
+    }
+}
+
+/// A backend slot and, with a Redis store, its fleet-wide lease.
+struct Taken {
+    slot: Slot,
+    lease: Option<Lease>,
+}
+
+impl Taken {
+    /// The lease goes first: the local queue, served when the slot frees,
+    /// must find the backend free in Redis too.
+    async fn release(self) {
+        if let Some(lease) = self.lease {
+            lease.release().await;
+        }
+        drop(self.slot);
     }
 }
 
