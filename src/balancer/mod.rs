@@ -34,6 +34,16 @@ pub struct Member {
     pub max_connections: usize,
     /// `static`, or the discovery source's id for it (a Cloud Map instance id).
     pub source: String,
+    /// The ECS task behind it, when discovery knows (Cloud Map instances
+    /// registered by ECS service discovery): for scale-in protection.
+    pub task: Option<TaskRef>,
+}
+
+/// An ECS task: its id and, when known, its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    pub id: String,
+    pub cluster: Option<String>,
 }
 
 /// One backend as the table tracks it.
@@ -397,6 +407,7 @@ impl SlotTable {
                         weight: 1,
                         max_connections: 0,
                         source: "inherited".into(),
+                        task: None,
                     },
                     active: 0,
                     inherited: 0,
@@ -620,6 +631,7 @@ mod tests {
             weight: 10,
             max_connections: max,
             source: "static".into(),
+            task: None,
         }
     }
 

@@ -57,6 +57,7 @@ impl StaticDiscovery {
                     weight: b.weight,
                     max_connections: b.max_connections,
                     source: "static".into(),
+                    task: None,
                 };
                 backend(member, Some(Order(i)))
             })
