@@ -17,6 +17,10 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub closed: IntCounterVec,
     pub bytes: IntCounterVec,
+    /// `protocol: rtmp`: connections whose `publish` or `play` was seen.
+    pub streams_identified: IntCounterVec,
+    /// `protocol: rtmp`: connections the observer could not follow.
+    pub streams_unknown: IntCounterVec,
 }
 
 // Registration fails only on a duplicate name or a malformed one, both
@@ -49,6 +53,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "rtmp_proxy_bytes_total",
         "Bytes proxied, by direction.",
         &["direction"]
+    )
+    .expect("metric registration"),
+    streams_identified: register_int_counter_vec!(
+        "rtmp_proxy_streams_identified_total",
+        "Proxied RTMP connections whose publish or play was seen, by role.",
+        &["role"]
+    )
+    .expect("metric registration"),
+    streams_unknown: register_int_counter_vec!(
+        "rtmp_proxy_streams_unknown_total",
+        "Proxied connections the RTMP observer could not follow (proxied as plain TCP), by reason.",
+        &["reason"]
     )
     .expect("metric registration"),
 });

@@ -19,6 +19,10 @@ use tokio::task::JoinHandle;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rtmp-proxy");
 
+/// Config line for tests whose clients speak raw TCP rather than RTMP
+/// (the default `protocol: rtmp` would close them at the handshake gate).
+pub const RAW_TCP: &str = "  protocol: tcp\n";
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
