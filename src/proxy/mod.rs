@@ -120,7 +120,7 @@ impl Proxy {
             let why = match self.connector.new_stream(&self.peer(addr)).await {
                 Ok(mut stream) => match opening.send(&mut stream).await {
                     Ok(first) => return Ok((slot, stream, first)),
-                    // Closed before the slot is freed, as after a stream.
+                    // `stream` is closed here, before its slot is freed.
                     Err(e) => e,
                 },
                 Err(e) => format!("connect failed: {e}"),
