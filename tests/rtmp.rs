@@ -248,8 +248,8 @@ struct Seen {
 
 /// A backend that parses a PROXY header (v1 or v2, with `ppp`), then reads
 /// C0+C1 and answers with 1537 bytes (S0+S1) so the proxy's first-answer
-/// check passes. Connections that close without a header (health checks)
-/// are ignored.
+/// check passes, then echoes whatever follows. Connections that close
+/// without a header (health checks) are ignored.
 async fn proxy_header_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Result<Seen, String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -319,10 +319,9 @@ async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
         destination,
         c0c1: hello,
     };
-    // Hold the connection until the proxy closes it.
     tokio::spawn(async move {
-        let mut rest = Vec::new();
-        let _ = sock.read_to_end(&mut rest).await;
+        let (mut rd, mut wr) = sock.split();
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
     });
     Some(Ok(seen))
 }
@@ -366,6 +365,40 @@ async fn proxy_headers_carry_the_client_address() {
             .expect("no answer through the proxy")
             .unwrap();
         assert_eq!(reply, c0c1(3, 99), "{version}");
+
+        // Not RTMP after the handshake: still proxied, listed as unknown.
+        let mut rest = vec![0u8; 1536];
+        rest.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        client.write_all(&rest).await.unwrap();
+        let mut echoed = vec![0u8; rest.len()];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut echoed))
+            .await
+            .expect("no echo through the proxy")
+            .unwrap();
+        assert_eq!(echoed, rest);
+        let list = streams(&proxy).await;
+        assert_eq!(list.len(), 1, "{list:#?}");
+        assert_eq!(list[0]["status"], "unknown", "{list:#?}");
+        assert_eq!(list[0]["reason"], "bad_message_type", "{list:#?}");
+        assert_eq!(list[0]["client"], me.to_string());
+        assert_eq!(
+            list[0]["bytes_up"].as_u64(),
+            Some((C0C1_LEN + rest.len()) as u64)
+        );
+        assert_eq!(
+            proxy
+                .metric("rtmp_proxy_streams_unknown_total{reason=\"bad_message_type\"}")
+                .await,
+            1.0
+        );
+        drop(client);
+        let logged = wait_until(Duration::from_secs(10), || {
+            proxy
+                .log_text()
+                .contains("client_closed, unknown stream (bad_message_type)")
+        })
+        .await;
+        assert!(logged, "{}", proxy.log_text());
     }
 }
 
