@@ -6,7 +6,7 @@
 //! | `BG backends`    | -                     | discovery + health checks (Pingora LB) |
 //! | `rtmp proxy`     | `proxy.listen`        | [`crate::proxy`]                     |
 //! | `health`         | `proxy.health_listen` | `GET /health`                        |
-//! | `admin`          | `proxy.admin_listen`  | `/backends`, `/metrics`              |
+//! | `admin`          | `proxy.admin_listen`  | `/backends`, `/streams`, `/metrics`  |
 //! | `BG forwarded`   | -                     | clients an old process passes on     |
 
 use std::net::TcpListener;
@@ -37,7 +37,8 @@ use crate::http::{Admin, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics;
-use crate::proxy::{Forwarded, Proxy, ProxyApp, Settings};
+use crate::proxy::{rtmp::Rtmp, Forwarded, Proxy, ProxyApp, Settings};
+use crate::streams::Directory;
 
 /// Command line: Pingora's own flags (`-c`, `-u`, `-d`, `-t`) and ours.
 #[derive(Debug, Parser)]
@@ -209,12 +210,14 @@ fn compose(
     lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh);
     let backends = server.add_service(background_service("backends", lb));
 
+    let streams = Directory::new();
     let core = Proxy::new(
         table.clone(),
         Settings::from(proxy),
         lifecycle.clone(),
         handoff,
         shared.clone(),
+        Rtmp::new(proxy, streams.clone()),
     );
     let mut rtmp = Service::new("rtmp proxy".to_string(), ProxyApp(core.clone()));
     // No read buffer per accepted client: the copy has its own, and idle
@@ -238,7 +241,7 @@ fn compose(
 
     let mut admin = Service::new(
         "admin".to_string(),
-        HttpServer::new_app(Admin::new(table, shared.clone())),
+        HttpServer::new_app(Admin::new(table, streams, shared.clone())),
     );
     admin.add_tcp(&proxy.admin_listen);
     admin.threads = Some(1);

@@ -79,6 +79,20 @@ pub struct ProxyConfig {
     /// in Redis for several proxies behind one DNS name or load balancer.
     #[serde(default)]
     pub slots: SlotsConfig,
+    /// What clients speak: `rtmp` (default) takes a backend slot only after
+    /// a valid RTMP C0+C1 and watches which stream a client publishes or
+    /// plays; `tcp` proxies any bytes at once.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// `rtmp` only: how long a new client may take to send C0+C1 (1537
+    /// bytes) before it is closed (reason `handshake_timeout`). Default `5s`.
+    #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// PROXY protocol header sent first on every backend connection, so
+    /// media servers see the client's address: `off` (default), `v1`
+    /// (text) or `v2` (binary).
+    #[serde(default)]
+    pub send_proxy: SendProxy,
     /// Active TCP connect checks of every backend.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
@@ -112,6 +126,30 @@ impl fmt::Display for Balance {
             Balance::Random => "random",
         })
     }
+}
+
+/// `proxy.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Clients must open with an RTMP handshake; streams are identified.
+    #[default]
+    Rtmp,
+    /// Any TCP bytes, proxied untouched.
+    Tcp,
+}
+
+/// `proxy.send_proxy`: the PROXY protocol version sent to backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxy {
+    #[default]
+    Off,
+    /// Text header (`PROXY TCP4 ...`), what nginx-rtmp's
+    /// `listen ... proxy_protocol` accepts.
+    V1,
+    /// Binary header.
+    V2,
 }
 
 /// `proxy.health_check`.
@@ -281,6 +319,9 @@ fn default_lease() -> Duration {
 }
 fn default_key_prefix() -> String {
     "rtmp-proxy".into()
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_drain_delay() -> Duration {
     Duration::from_secs(10)
@@ -474,6 +515,36 @@ mod tests {
         assert_eq!(c.balance, Balance::Roundrobin);
         assert_eq!(c.max_queue, 1024);
         assert_eq!(c.health_check.interval, Duration::from_secs(2));
+        assert_eq!(c.protocol, Protocol::Rtmp);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.send_proxy, SendProxy::Off);
+    }
+
+    #[test]
+    fn rtmp_keys() {
+        let c = parse("proxy:\n  protocol: tcp\n  handshake_timeout: 750ms\n  send_proxy: v2\n")
+            .unwrap();
+        assert_eq!(
+            (c.protocol, c.handshake_timeout, c.send_proxy),
+            (Protocol::Tcp, Duration::from_millis(750), SendProxy::V2)
+        );
+        // YAML 1.2: `off` is a string, not a boolean.
+        assert_eq!(
+            parse("proxy:\n  send_proxy: off\n").unwrap().send_proxy,
+            SendProxy::Off
+        );
+        let e = err("proxy:\n  send_proxy: v3\n");
+        assert!(
+            e.starts_with("2: proxy.send_proxy: unknown variant `v3`"),
+            "{e}"
+        );
+        let e = err("proxy:\n  protocol: http\n");
+        assert!(
+            e.starts_with("2: proxy.protocol: unknown variant `http`"),
+            "{e}"
+        );
+        let e = err("proxy:\n  handshake_timeout: 5\n");
+        assert!(e.starts_with("2: proxy.handshake_timeout: "), "{e}");
     }
 
     #[test]

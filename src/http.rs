@@ -16,6 +16,7 @@ use crate::balancer::redis::SharedSlots;
 use crate::balancer::{BackendView, SlotTable};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics;
+use crate::streams::Directory;
 
 /// `GET /health` on `proxy.health_listen`.
 pub struct Health {
@@ -56,11 +57,20 @@ impl ServeHttp for Health {
 pub struct Admin {
     table: Arc<SlotTable>,
     shared: Option<Arc<SharedSlots>>,
+    streams: Arc<Directory>,
 }
 
 impl Admin {
-    pub fn new(table: Arc<SlotTable>, shared: Option<Arc<SharedSlots>>) -> Self {
-        Self { table, shared }
+    pub fn new(
+        table: Arc<SlotTable>,
+        streams: Arc<Directory>,
+        shared: Option<Arc<SharedSlots>>,
+    ) -> Self {
+        Self {
+            table,
+            shared,
+            streams,
+        }
     }
 
     fn slot_store(&self) -> &'static str {
@@ -68,6 +78,28 @@ impl Admin {
             None => "local",
             Some(s) if s.degraded() => "redis (degraded)",
             Some(_) => "redis",
+        }
+    }
+
+    /// `GET /streams/{app}/{key}`: segments percent-decoded, so a key with
+    /// `/` or `?` in it is asked for as `%2F` / `%3F`.
+    fn stream(&self, rest: &str) -> Response<Vec<u8>> {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|d| d.into_owned())
+        };
+        let found = match rest.split_once('/') {
+            Some((app, key)) if !key.contains('/') => decode(app)
+                .zip(decode(key))
+                .and_then(|(app, key)| self.streams.find(&app, &key)),
+            _ => None,
+        };
+        // Never echo the key back: the answer carries it redacted.
+        match found {
+            Some(view) => json(&view),
+            None => text(StatusCode::NOT_FOUND, "no such stream\n"),
         }
     }
 }
@@ -108,12 +140,16 @@ impl ServeHttp for Admin {
                     .collect();
                 json(&entries)
             }
+            "/streams" => json(&self.streams.list()),
             "/metrics" => body(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
                 metrics::render(&self.table),
             ),
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            path => match path.strip_prefix("/streams/") {
+                Some(rest) => self.stream(rest),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
         }
     }
 }

@@ -16,7 +16,11 @@
 //! - [`balancer`]: the slot table (exact per-backend caps, the wait queue)
 //!   and the balancing policies.
 //! - [`proxy`]: one client connection from accept to close: slot, connect,
-//!   copy ([`proxy::duplex`]), release.
+//!   copy ([`proxy::duplex`]), release; [`proxy::rtmp`] adds the RTMP
+//!   handshake gate, the backend's first-answer check, PROXY headers and
+//!   the passive stream observer.
+//! - [`streams`]: the stream directory (which stream runs on which
+//!   backend) behind `GET /streams`.
 //! - [`rtmp`]: a passive, bounded RTMP observer: bytes become chunks
 //!   (`rtmp::chunk`, no meaning), chunks become AMF0 values (`rtmp::amf0`),
 //!   values become commands (`rtmp::command`, meaning).
@@ -34,3 +38,4 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod rtmp;
+pub mod streams;

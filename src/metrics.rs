@@ -33,6 +33,10 @@ pub struct Metrics {
     queue_length: IntGauge,
     start_time: Gauge,
     build_info: IntGaugeVec,
+    /// `protocol: rtmp`: connections whose `publish` or `play` was seen.
+    pub streams_identified: IntCounterVec,
+    /// `protocol: rtmp`: connections the observer could not follow.
+    pub streams_unknown: IntCounterVec,
 }
 
 // Registration fails only on a duplicate name or a malformed one, both
@@ -128,6 +132,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "rtmp_proxy_build_info",
         "Always 1; the labels say which build runs.",
         &["version"]
+    )
+    .expect("metric registration"),
+    streams_identified: register_int_counter_vec!(
+        "rtmp_proxy_streams_identified_total",
+        "Proxied RTMP connections whose publish or play was seen, by role.",
+        &["role"]
+    )
+    .expect("metric registration"),
+    streams_unknown: register_int_counter_vec!(
+        "rtmp_proxy_streams_unknown_total",
+        "Proxied connections the RTMP observer could not follow (proxied as plain TCP), by reason.",
+        &["reason"]
     )
     .expect("metric registration"),
 });

@@ -23,8 +23,9 @@ use tokio::net::TcpStream;
 /// otherwise time out a loopback connect and keep a backend down for 60 s.
 const NO_CHECKS: &str = "  health_check:\n    interval: 60s\n    timeout: 10s\n";
 
+/// The backends section, with [`RAW_TCP`]: these clients send no RTMP.
 fn statics(lines: &[String]) -> String {
-    format!("  backends:\n    static:\n{}", lines.concat())
+    format!("{RAW_TCP}  backends:\n    static:\n{}", lines.concat())
 }
 
 /// Starts the proxy with `extra` and waits until the start-up health check

@@ -12,11 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REFRESH_MS: u64 = 500;
 
-/// A proxy discovering `svc` every 500 ms, no static backends.
+/// A proxy discovering `svc` every 500 ms, no static backends; raw TCP
+/// clients.
 async fn proxy_for(moto: &Moto, svc: &CloudMapService, extra: &str, fallback_port: u16) -> Proxy {
     Proxy::start_with_env(
         &format!(
-            "  health_check:\n    interval: 60s\n  backends:\n    cloud_map:\n      namespace: {}\n      service: {}\n      \
+            "{RAW_TCP}  health_check:\n    interval: 60s\n  backends:\n    cloud_map:\n      namespace: {}\n      service: {}\n      \
              region: us-east-1\n      endpoint: {}\n      port: {fallback_port}\n      refresh: {REFRESH_MS}ms\n      \
              max_connections: 0\n{extra}",
             svc.namespace,

@@ -9,8 +9,9 @@ use std::time::Duration;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
+/// The backends section, with [`RAW_TCP`]: these clients send no RTMP.
 fn statics(lines: &[String]) -> String {
-    format!("  backends:\n    static:\n{}", lines.concat())
+    format!("{RAW_TCP}  backends:\n    static:\n{}", lines.concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

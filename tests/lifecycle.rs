@@ -12,8 +12,9 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The backends section, with [`RAW_TCP`]: these clients send no RTMP.
 fn statics(lines: &[String]) -> String {
-    format!("  backends:\n    static:\n{}", lines.concat())
+    format!("{RAW_TCP}  backends:\n    static:\n{}", lines.concat())
 }
 
 /// Writes the `write_random(_, seed)` stream at about 2 MB/s until `stop`,

@@ -10,7 +10,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -57,6 +57,10 @@ impl End {
     }
 }
 
+/// Given a copy of each read from the client while it returns true (the
+/// RTMP observer, see `proxy::rtmp`). Runs inside the read: keep it cheap.
+pub type ClientTap = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
 /// Shared record of one connection's traffic.
 pub struct Flow {
     start: Instant,
@@ -67,6 +71,8 @@ pub struct Flow {
     pub from_backend: AtomicU64,
     first_end: OnceLock<End>,
     counters: [IntCounter; 2],
+    /// Taken by [`run`] and owned by the client side's reader from then on.
+    client_tap: Mutex<Option<ClientTap>>,
 }
 
 impl Flow {
@@ -80,7 +86,13 @@ impl Flow {
             from_backend: AtomicU64::new(0),
             first_end: OnceLock::new(),
             counters,
+            client_tap: Mutex::new(None),
         }
+    }
+
+    /// Has [`run`] hand `tap` a copy of every read from the client.
+    pub fn tap_client(&self, tap: ClientTap) {
+        *self.client_tap.lock().unwrap_or_else(|p| p.into_inner()) = Some(tap);
     }
 
     /// Counts bytes moved outside the copy loop (e.g. data a client sent
@@ -131,15 +143,22 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    let tap = flow
+        .client_tap
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     let mut client = Metered {
         inner: client,
         side: Side::Client,
         flow,
+        tap,
     };
     let mut backend = Metered {
         inner: backend,
         side: Side::Backend,
         flow,
+        tap: None,
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
@@ -165,6 +184,7 @@ struct Metered<'a, S: ?Sized> {
     inner: &'a mut S,
     side: Side,
     flow: &'a Flow,
+    tap: Option<ClientTap>,
 }
 
 impl<S: ?Sized> Metered<'_, S> {
@@ -191,6 +211,12 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Metered<'_, S> {
                 this.flow.ended(End::Closed(this.side));
             } else {
                 this.flow.count(this.side, n);
+                if let Some(tap) = &mut this.tap {
+                    let read = buf.filled().get(before..).unwrap_or_default();
+                    if !tap(read) {
+                        this.tap = None;
+                    }
+                }
             }
         }
         Poll::Ready(result)
@@ -265,6 +291,44 @@ mod tests {
         assert_eq!(end, End::Closed(Side::Client));
         assert_eq!(f.from_client.load(Ordering::Relaxed), 5);
         assert_eq!(f.from_backend.load(Ordering::Relaxed), 6);
+    }
+
+    #[tokio::test]
+    async fn the_client_tap_sees_client_bytes_until_it_declines() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1024);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let f = flow();
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        f.tap_client(Box::new(move |b| {
+            let mut log = log.lock().unwrap();
+            log.extend_from_slice(b);
+            log.len() < 3
+        }));
+        let peers = async {
+            for piece in [&b"ab"[..], b"cd", b"ef"] {
+                client.write_all(piece).await.unwrap();
+                let mut got = [0u8; 2];
+                backend.read_exact(&mut got).await.unwrap();
+                assert_eq!(&got, piece);
+            }
+            client.shutdown().await.unwrap();
+            backend.shutdown().await.unwrap();
+        };
+        let (_keep, cut) = watch::channel(false);
+        let (end, ()) = tokio::join!(
+            run(
+                &mut proxy_client,
+                &mut proxy_backend,
+                &f,
+                Duration::from_secs(5),
+                cut
+            ),
+            peers
+        );
+        assert_eq!(end, End::Closed(Side::Client));
+        // Declined after "abcd": "ef" was forwarded but not shown.
+        assert_eq!(*seen.lock().unwrap(), b"abcd");
     }
 
     #[tokio::test(start_paused = true)]

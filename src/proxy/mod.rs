@@ -5,9 +5,12 @@
 //! if the fleet is full), connect to the slot's backend (retrying other
 //! backends on failure), copy bytes both ways ([`duplex`]), then close the
 //! backend side and only then free the slot, so a media server never sees
-//! the old and the next connection overlap.
+//! the old and the next connection overlap. In `protocol: rtmp` mode,
+//! [`rtmp`] adds a handshake gate before the slot, a check of the backend's
+//! first answer to each connect, and a passive look at the stream.
 
 pub mod duplex;
+pub mod rtmp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +73,7 @@ pub struct Proxy {
     handoff: Arc<Handoff>,
     /// Fleet-wide slots, when `proxy.slots.store` is `redis`.
     shared: Option<Arc<SharedSlots>>,
+    rtmp: rtmp::Rtmp,
 }
 
 impl Proxy {
@@ -79,6 +83,7 @@ impl Proxy {
         lifecycle: Arc<Lifecycle>,
         handoff: Arc<Handoff>,
         shared: Option<Arc<SharedSlots>>,
+        rtmp: rtmp::Rtmp,
     ) -> Arc<Self> {
         Arc::new(Self {
             table,
@@ -87,6 +92,7 @@ impl Proxy {
             lifecycle,
             handoff,
             shared,
+            rtmp,
         })
     }
 
@@ -121,9 +127,16 @@ impl Proxy {
         }
     }
 
-    /// Connects to the slot's backend; on failure marks it down and tries
-    /// the other eligible backends once each.
-    async fn connect(&self, mut taken: Taken, client: &str) -> Result<(Taken, Stream), String> {
+    /// Connects to the slot's backend and sends it `opening` (see
+    /// [`rtmp::Opening`]); on failure marks it down and tries the other
+    /// eligible backends once each. Returns the backend's first bytes, if
+    /// the opening waited for them.
+    async fn connect(
+        &self,
+        mut taken: Taken,
+        client: &str,
+        opening: &rtmp::Opening<'_>,
+    ) -> Result<(Taken, Stream, Vec<u8>), String> {
         let mut tried = Vec::new();
         loop {
             let addr = taken.slot.addr();
@@ -133,15 +146,17 @@ impl Proxy {
             metrics::get()
                 .connect_time
                 .observe(started.elapsed().as_secs_f64());
-            match connected {
-                Ok(stream) => return Ok((taken, stream)),
-                Err(e) => {
-                    // Pingora's own text repeats the whole peer definition.
-                    let why = format!("connect failed: {}", e.root_cause());
-                    warn!("{client}: backend {addr} {why}; trying another");
-                    self.table.set_health(addr, false, &why);
-                }
-            }
+            let why = match connected {
+                Ok(mut stream) => match opening.send(&mut stream).await {
+                    Ok(first) => return Ok((taken, stream, first)),
+                    // `stream` is closed here, before its slot is freed.
+                    Err(e) => e,
+                },
+                // Pingora's own text repeats the whole peer definition.
+                Err(e) => format!("connect failed: {}", e.root_cause()),
+            };
+            warn!("{client}: backend {addr} {why}; trying another");
+            self.table.set_health(addr, false, &why);
             taken.release().await;
             taken = loop {
                 let slot = self.table.try_acquire_excluding(&tried).ok_or_else(|| {
@@ -161,6 +176,12 @@ impl Proxy {
         let _session = self.lifecycle.session();
         let m = metrics::get();
         m.accepted.inc();
+
+        // Step 0 (`protocol: rtmp`): a valid C0+C1 before any slot.
+        if let Err(e) = self.rtmp.gate(&mut client, &mut pending).await {
+            reject(client_addr, e.reason(), &e.to_string());
+            return;
+        }
 
         // Step 1: a slot (and with a Redis store its fleet-wide lease),
         // watching the client while it waits.
@@ -214,9 +235,10 @@ impl Proxy {
             }
         };
 
-        // Step 2: a backend connection.
-        let (taken, mut backend) = match self.connect(taken, client_addr).await {
-            Ok(pair) => pair,
+        // Step 2: a backend connection, sent what the client sent so far.
+        let opening = self.rtmp.opening(&client, client_addr, &pending);
+        let (taken, mut backend, first) = match self.connect(taken, client_addr, &opening).await {
+            Ok(opened) => opened,
             Err(why) => {
                 reject(client_addr, "connect_failed", &why);
                 return;
@@ -226,13 +248,15 @@ impl Proxy {
         let backend_addr = taken.slot.addr();
 
         // Step 3: bytes both ways.
-        let flow = Flow::new(m.byte_counters());
+        let flow = Arc::new(Flow::new(m.byte_counters()));
+        let stream = self.rtmp.track(&flow, client_addr, backend_addr, &pending);
         let cut = self.lifecycle.cut_signal();
         let idle = self.settings.idle_timeout;
         flow.count(Side::Client, pending.len());
-        let end = match write_all_flush(&mut backend, &pending).await {
+        flow.count(Side::Backend, first.len());
+        let end = match write_all_flush(&mut client, &first).await {
             Ok(()) => duplex::run(&mut client, &mut backend, &flow, idle, cut).await,
-            Err(e) => duplex::End::Failed(Side::Backend, e.to_string()),
+            Err(e) => duplex::End::Failed(Side::Client, e.to_string()),
         };
 
         // Step 4: close the backend side, then free the slot.
@@ -241,10 +265,13 @@ impl Proxy {
         taken.release().await;
 
         m.closed.with_label_values(&[end.reason()]).inc();
-        let detail = match &end {
+        let mut detail = match &end {
             duplex::End::Failed(_, e) => format!(" ({e})"),
             _ => String::new(),
         };
+        if let Some(stream) = stream {
+            detail.push_str(&format!(", {}", stream.describe()));
+        }
         info!(
             "{client_addr} -> {backend_addr}: {} bytes up, {} bytes down, {:.1?}, {}{detail}",
             flow.from_client.load(std::sync::atomic::Ordering::Relaxed),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod media;
 pub mod moto;
 
 use std::io::{Read, Write};
@@ -18,6 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rtmp-proxy");
+
+/// Config line for tests whose clients speak raw TCP rather than RTMP
+/// (the default `protocol: rtmp` would close them at the handshake gate).
+pub const RAW_TCP: &str = "  protocol: tcp\n";
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {

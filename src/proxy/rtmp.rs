@@ -1,0 +1,527 @@
+//! RTMP awareness on the data path, around the plain TCP proxy of
+//! [`super`]:
+//!
+//! 1. [`Rtmp::gate`]: before a client may take a backend slot it must send
+//!    a valid C0+C1 (version 3, 1537 bytes) within `handshake_timeout`, so
+//!    port scanners, TCP probes and slowloris clients never occupy a media
+//!    server.
+//! 2. [`Opening::send`], on every backend connection attempt: the PROXY
+//!    protocol header (if configured), the bytes the client has sent so
+//!    far, and in `rtmp` mode a wait for the backend's first byte back. A
+//!    backend that accepts TCP but closes or resets before answering (full,
+//!    broken, shutting down) fails the attempt like a refused connect, and
+//!    the same bytes go to the next backend: the publisher never notices.
+//! 3. [`Rtmp::track`]: the connection enters the stream directory
+//!    ([`crate::streams`]) and a copy of the client's bytes after C0+C1 goes
+//!    to a passive [`Observer`] until it finds the `publish`/`play` or gives
+//!    up. Forwarding never waits for it: the copy loop hands it each read.
+//!
+//! In `protocol: tcp` mode only the PROXY header applies.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{info, warn};
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::duplex::Flow;
+use crate::config::{Protocol, ProxyConfig, SendProxy};
+use crate::metrics;
+use crate::rtmp::{self, Observer, Progress, C0C1_LEN};
+use crate::streams::{display_app, Directory, Handle, Registration};
+
+/// Most bytes read from a backend while waiting for its first answer:
+/// nginx-rtmp sends S0+S1+S2 (3073 bytes) at once.
+const FIRST_READ: usize = 8 * 1024;
+
+/// The RTMP side of the proxy: settings and the stream directory.
+pub struct Rtmp {
+    protocol: Protocol,
+    handshake_timeout: Duration,
+    /// How long a backend may take to answer C0+C1.
+    reply_timeout: Duration,
+    send_proxy: SendProxy,
+    streams: Arc<Directory>,
+}
+
+/// Why a client was closed at the gate.
+#[derive(Debug)]
+pub enum GateError {
+    /// Fewer than 1537 bytes within `handshake_timeout`.
+    Timeout { got: usize, limit: Duration },
+    /// A first byte other than 3: not RTMP (or RTMPE).
+    BadVersion(u8),
+    /// The client closed or failed before sending all of C0+C1.
+    Incomplete { got: usize, error: Option<String> },
+}
+
+impl GateError {
+    /// The reason as logged and counted (bounded).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GateError::Timeout { .. } => "handshake_timeout",
+            GateError::BadVersion(_) => "handshake_bad_version",
+            GateError::Incomplete { .. } => "handshake_incomplete",
+        }
+    }
+}
+
+impl fmt::Display for GateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GateError::Timeout { got, limit } => write!(
+                f,
+                "no RTMP handshake within {limit:?} ({got} of {C0C1_LEN} bytes)"
+            ),
+            GateError::BadVersion(v) => write!(f, "{}", rtmp::HandshakeError::BadVersion(*v)),
+            GateError::Incomplete { got, error: None } => {
+                write!(f, "client closed after {got} of {C0C1_LEN} handshake bytes")
+            }
+            GateError::Incomplete {
+                got,
+                error: Some(e),
+            } => write!(
+                f,
+                "client failed after {got} of {C0C1_LEN} handshake bytes: {e}"
+            ),
+        }
+    }
+}
+
+impl Rtmp {
+    pub fn new(config: &ProxyConfig, streams: Arc<Directory>) -> Self {
+        Self {
+            protocol: config.protocol,
+            handshake_timeout: config.handshake_timeout,
+            reply_timeout: config.connect_timeout,
+            send_proxy: config.send_proxy,
+            streams,
+        }
+    }
+
+    /// `rtmp` mode: reads until `pending` (bytes already read from the
+    /// client, e.g. by a previous process) holds C0+C1, and checks it.
+    /// Reads never go past C0+C1: the client sends nothing more before the
+    /// backend's S0+S1 anyway.
+    pub async fn gate(&self, client: &mut Stream, pending: &mut Vec<u8>) -> Result<(), GateError> {
+        if self.protocol != Protocol::Rtmp {
+            return Ok(());
+        }
+        let read = async {
+            let mut buf = [0u8; C0C1_LEN];
+            loop {
+                // The version byte says "not RTMP" before the rest arrives.
+                if let Some(&v) = pending.first() {
+                    if v != rtmp::RTMP_VERSION {
+                        return Err(GateError::BadVersion(v));
+                    }
+                }
+                let need = C0C1_LEN.saturating_sub(pending.len());
+                let Some(room) = buf.get_mut(..need).filter(|b| !b.is_empty()) else {
+                    return Ok(());
+                };
+                match client.read(room).await {
+                    Ok(0) => {
+                        return Err(GateError::Incomplete {
+                            got: pending.len(),
+                            error: None,
+                        })
+                    }
+                    Ok(n) => pending.extend_from_slice(room.get(..n).unwrap_or_default()),
+                    Err(e) => {
+                        return Err(GateError::Incomplete {
+                            got: pending.len(),
+                            error: Some(e.to_string()),
+                        })
+                    }
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(self.handshake_timeout, read).await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => Err(GateError::Timeout {
+                got: pending.len(),
+                limit: self.handshake_timeout,
+            }),
+        }
+    }
+
+    /// What every backend connection attempt for this client starts with.
+    pub fn opening<'a>(
+        &self,
+        client: &Stream,
+        client_addr: &str,
+        pending: &'a [u8],
+    ) -> Opening<'a> {
+        let header = match self.send_proxy {
+            SendProxy::Off => None,
+            version => {
+                let addrs = addresses(client);
+                if addrs.is_none() {
+                    warn!("{client_addr}: client addresses unknown; sending a PROXY header without them");
+                }
+                Some(proxy_header(version, addrs))
+            }
+        };
+        Opening {
+            header,
+            bytes: pending,
+            reply_timeout: (self.protocol == Protocol::Rtmp).then_some(self.reply_timeout),
+        }
+    }
+
+    /// `rtmp` mode: enters the connection in the stream directory and has
+    /// `flow` hand a copy of the client's bytes to an observer. `pending`
+    /// holds every client byte sent to the backend before the copy loop.
+    pub fn track(
+        &self,
+        flow: &Arc<Flow>,
+        client_addr: &str,
+        backend: SocketAddr,
+        pending: &[u8],
+    ) -> Option<Registration> {
+        if self.protocol != Protocol::Rtmp {
+            return None;
+        }
+        let registration = self.streams.add(client_addr, backend, flow.clone());
+        let mut tap = Tap {
+            observer: Observer::new(),
+            entry: registration.handle(),
+            client: client_addr.to_owned(),
+            backend,
+        };
+        // Bytes past C0+C1 read before the copy: a forwarded client's.
+        if tap.feed(pending.get(C0C1_LEN..).unwrap_or_default()) {
+            flow.tap_client(Box::new(move |bytes| tap.feed(bytes)));
+        }
+        Some(registration)
+    }
+}
+
+/// Watches one client's bytes after C0+C1 and reports to the directory.
+struct Tap {
+    observer: Observer,
+    entry: Handle,
+    client: String,
+    backend: SocketAddr,
+}
+
+impl Tap {
+    /// Returns whether it wants more bytes.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        let m = metrics::get();
+        match self.observer.feed(bytes) {
+            Progress::NeedMore => true,
+            Progress::Found(found) => {
+                // Logged here as well as at the end: publishes last hours.
+                info!(
+                    "{} -> {}: {} {}/{}",
+                    self.client,
+                    self.backend,
+                    found.role,
+                    display_app(&found.app),
+                    rtmp::redact(&found.stream_key)
+                );
+                let role = match found.role {
+                    rtmp::Role::Publish { .. } => "publish",
+                    rtmp::Role::Play => "play",
+                };
+                m.streams_identified.with_label_values(&[role]).inc();
+                self.entry.identified(found.clone());
+                false
+            }
+            Progress::Unknown(reason) => {
+                info!(
+                    "{} -> {}: stream not understood ({reason}); proxied as plain TCP",
+                    self.client, self.backend
+                );
+                m.streams_unknown.with_label_values(&[reason]).inc();
+                self.entry.unknown(reason);
+                false
+            }
+        }
+    }
+}
+
+/// The start of every backend connection for one client.
+pub struct Opening<'a> {
+    header: Option<Vec<u8>>,
+    /// Client bytes read so far (C0+C1 in `rtmp` mode).
+    bytes: &'a [u8],
+    /// `rtmp` mode: the backend must answer within this.
+    reply_timeout: Option<Duration>,
+}
+
+impl Opening<'_> {
+    /// Sends the PROXY header and the client's bytes on a fresh backend
+    /// connection, then (`rtmp` mode) waits for the backend's first bytes
+    /// and returns them. An error means the attempt failed and the backend
+    /// should be treated like one that refused the connect.
+    pub async fn send(&self, backend: &mut Stream) -> Result<Vec<u8>, String> {
+        let header = self.header.as_deref().unwrap_or_default();
+        let write = async {
+            backend.write_all(header).await?;
+            backend.write_all(self.bytes).await?;
+            backend.flush().await
+        };
+        if !header.is_empty() || !self.bytes.is_empty() {
+            write
+                .await
+                .map_err(|e| format!("failed before answering: {e}"))?;
+        }
+        let Some(limit) = self.reply_timeout else {
+            return Ok(Vec::new());
+        };
+        let mut first = vec![0u8; FIRST_READ];
+        match tokio::time::timeout(limit, backend.read(&mut first)).await {
+            Ok(Ok(0)) => Err("closed before answering the RTMP handshake".into()),
+            Ok(Ok(n)) => {
+                first.truncate(n);
+                Ok(first)
+            }
+            Ok(Err(e)) => Err(format!("failed before answering the RTMP handshake: {e}")),
+            Err(_) => Err(format!("no answer to the RTMP handshake within {limit:?}")),
+        }
+    }
+}
+
+/// The client's address and the local address it connected to (not the
+/// listen address, which may be 0.0.0.0), as the PROXY header carries them.
+fn addresses(client: &Stream) -> Option<(SocketAddr, SocketAddr)> {
+    let digest = client.get_socket_digest().or_else(|| {
+        // Clients forwarded by a previous process carry no digest: read
+        // the socket itself.
+        use std::os::fd::AsRawFd;
+        let l4 = client.as_ref().as_any().downcast_ref::<L4Stream>()?;
+        Some(Arc::new(
+            pingora_core::protocols::SocketDigest::from_raw_fd(l4.as_raw_fd()),
+        ))
+    })?;
+    let peer = *digest.peer_addr()?.as_inet()?;
+    let local = *digest.local_addr()?.as_inet()?;
+    Some(canonical(peer, local))
+}
+
+/// IPv4 clients of a dual-stack listener appear as `::ffff:a.b.c.d`; media
+/// servers expect them as IPv4 (`TCP4`).
+fn canonical(peer: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v4 = |a: SocketAddr| match a.ip().to_canonical() {
+        std::net::IpAddr::V4(ip) => Some(SocketAddr::from((ip, a.port()))),
+        std::net::IpAddr::V6(_) => None,
+    };
+    match (v4(peer), v4(local)) {
+        (Some(p), Some(l)) => (p, l),
+        _ => (peer, local),
+    }
+}
+
+/// A PROXY protocol header (built with the `ppp` crate). Without addresses
+/// it says so (`PROXY UNKNOWN`, or a v2 `LOCAL` command) rather than lie.
+fn proxy_header(version: SendProxy, addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    use ppp::v2;
+    match version {
+        SendProxy::Off => Vec::new(),
+        SendProxy::V1 => addrs
+            .map_or(ppp::v1::Addresses::Unknown, ppp::v1::Addresses::from)
+            .to_string()
+            .into_bytes(),
+        SendProxy::V2 => {
+            let built = match addrs {
+                Some(a) => v2::Builder::with_addresses(
+                    v2::Version::Two | v2::Command::Proxy,
+                    v2::Protocol::Stream,
+                    a,
+                )
+                .build(),
+                None => v2::Builder::with_addresses(
+                    v2::Version::Two | v2::Command::Local,
+                    v2::Protocol::Unspecified,
+                    v2::Addresses::Unspecified,
+                )
+                .build(),
+            };
+            // Building fails only on a payload over 64 KiB; ours is at
+            // most 52 bytes.
+            built.unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    fn rtmp_mode(yaml: &str) -> Rtmp {
+        let config = crate::config::parse(&format!("proxy:\n{yaml}")).unwrap();
+        Rtmp::new(&config, Directory::new())
+    }
+
+    /// A proxy-side stream and the peer's end of it.
+    fn pipe() -> (Stream, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        (Box::new(ours), theirs)
+    }
+
+    fn c0c1() -> Vec<u8> {
+        let mut b = vec![0x5a; C0C1_LEN];
+        b[0] = rtmp::RTMP_VERSION;
+        b
+    }
+
+    #[tokio::test]
+    async fn gate_passes_a_handshake_in_pieces_and_reads_no_further() {
+        let r = rtmp_mode("  handshake_timeout: 5s\n");
+        let (mut client, mut peer) = pipe();
+        let mut sent = c0c1();
+        sent.extend_from_slice(b"C2 follows");
+        for piece in sent.chunks(500) {
+            peer.write_all(piece).await.unwrap();
+        }
+        let mut pending = Vec::new();
+        r.gate(&mut client, &mut pending).await.unwrap();
+        assert_eq!(pending, c0c1());
+        // Already read (a forwarded client): nothing more is needed.
+        r.gate(&mut client, &mut pending).await.unwrap();
+        assert_eq!(pending.len(), C0C1_LEN);
+    }
+
+    #[tokio::test]
+    async fn gate_rejects_a_bad_version_at_the_first_byte() {
+        let r = rtmp_mode("");
+        let (mut client, mut peer) = pipe();
+        peer.write_all(&[9]).await.unwrap();
+        let e = r.gate(&mut client, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(e.reason(), "handshake_bad_version");
+        assert_eq!(
+            e.to_string(),
+            "unsupported RTMP version byte 9 (expected 3)"
+        );
+    }
+
+    #[tokio::test]
+    async fn gate_rejects_a_client_that_closes_early() {
+        let r = rtmp_mode("");
+        let (mut client, mut peer) = pipe();
+        peer.write_all(&c0c1()[..100]).await.unwrap();
+        drop(peer);
+        let e = r.gate(&mut client, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(e.reason(), "handshake_incomplete");
+        assert_eq!(
+            e.to_string(),
+            "client closed after 100 of 1537 handshake bytes"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gate_times_out_a_silent_client() {
+        let r = rtmp_mode("  handshake_timeout: 2s\n");
+        let (mut client, _peer) = pipe();
+        let e = r.gate(&mut client, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(e.reason(), "handshake_timeout");
+        assert_eq!(
+            e.to_string(),
+            "no RTMP handshake within 2s (0 of 1537 bytes)"
+        );
+    }
+
+    #[tokio::test]
+    async fn gate_is_open_in_tcp_mode() {
+        let r = rtmp_mode("  protocol: tcp\n");
+        let (mut client, _peer) = pipe();
+        let mut pending = Vec::new();
+        r.gate(&mut client, &mut pending).await.unwrap();
+        assert!(pending.is_empty());
+    }
+
+    #[tokio::test]
+    async fn opening_sends_header_and_bytes_and_returns_the_first_answer() {
+        let r = rtmp_mode("  send_proxy: v1\n");
+        let (client, _client_peer) = pipe();
+        let bytes = c0c1();
+        let opening = r.opening(&client, "c", &bytes);
+        let (mut backend, mut server) = pipe();
+        let serve = async {
+            let mut got = vec![0u8; 15 + C0C1_LEN];
+            server.read_exact(&mut got).await.unwrap();
+            server.write_all(b"S0S1").await.unwrap();
+            got
+        };
+        let (first, got) = tokio::join!(opening.send(&mut backend), serve);
+        assert_eq!(first.unwrap(), b"S0S1");
+        // A duplex stream has no addresses: the header says so.
+        assert_eq!(&got[..15], b"PROXY UNKNOWN\r\n");
+        assert_eq!(&got[15..], bytes.as_slice());
+    }
+
+    #[tokio::test]
+    async fn opening_fails_when_the_backend_closes_without_answering() {
+        let r = rtmp_mode("");
+        let (client, _client_peer) = pipe();
+        let bytes = c0c1();
+        let opening = r.opening(&client, "c", &bytes);
+        let (mut backend, mut server) = pipe();
+        let serve = async {
+            let mut got = vec![0u8; C0C1_LEN];
+            server.read_exact(&mut got).await.unwrap();
+            drop(server);
+        };
+        let (first, ()) = tokio::join!(opening.send(&mut backend), serve);
+        assert_eq!(
+            first.unwrap_err(),
+            "closed before answering the RTMP handshake"
+        );
+        // In tcp mode nothing is awaited.
+        let r = rtmp_mode("  protocol: tcp\n");
+        let opening = r.opening(&client, "c", &[]);
+        let (mut backend, _server) = pipe();
+        assert!(opening.send(&mut backend).await.unwrap().is_empty());
+    }
+
+    fn addrs() -> (SocketAddr, SocketAddr) {
+        (
+            "127.0.0.2:50000".parse().unwrap(),
+            "127.0.0.1:1935".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn v1_header() {
+        let h = proxy_header(SendProxy::V1, Some(addrs()));
+        assert_eq!(h, b"PROXY TCP4 127.0.0.2 127.0.0.1 50000 1935\r\n");
+        let h = proxy_header(SendProxy::V1, None);
+        assert_eq!(h, b"PROXY UNKNOWN\r\n");
+    }
+
+    #[test]
+    fn v2_header_round_trips() {
+        let h = proxy_header(SendProxy::V2, Some(addrs()));
+        let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+        assert_eq!(parsed.command, ppp::v2::Command::Proxy);
+        assert_eq!(parsed.addresses, ppp::v2::Addresses::from(addrs()));
+        assert_eq!(h.len(), 16 + 12);
+        let h = proxy_header(SendProxy::V2, None);
+        let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+        assert_eq!(parsed.command, ppp::v2::Command::Local);
+    }
+
+    #[test]
+    fn mapped_ipv4_is_sent_as_ipv4() {
+        let peer: SocketAddr = "[::ffff:10.0.0.9]:4000".parse().unwrap();
+        let local: SocketAddr = "[::ffff:10.0.0.1]:1935".parse().unwrap();
+        let h = proxy_header(SendProxy::V1, Some(canonical(peer, local)));
+        assert_eq!(h, b"PROXY TCP4 10.0.0.9 10.0.0.1 4000 1935\r\n");
+        let peer: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        let local: SocketAddr = "[2001:db8::2]:1935".parse().unwrap();
+        let h = proxy_header(SendProxy::V1, Some(canonical(peer, local)));
+        assert_eq!(h, b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 1935\r\n");
+    }
+}

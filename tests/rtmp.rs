@@ -1,0 +1,501 @@
+//! RTMP awareness through the real binary, against real nginx-rtmp media
+//! servers and ffmpeg publishers: slots only after a valid handshake,
+//! streams spread and listed with redacted keys, PROXY protocol headers,
+//! and backends that fail after accepting TCP skipped.
+//!
+//! Every process is the test's child and killed on drop; every wait is
+//! bounded. No assertion is about how long something took, except that a
+//! publisher is served while a silent client still sits in the handshake
+//! gate (whose timeout is long enough for that on a loaded machine).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::media::{probe, Nginx, Publisher};
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+const C0C1_LEN: usize = 1537;
+
+fn statics(lines: &[String]) -> String {
+    format!("  backends:\n    static:\n{}", lines.concat())
+}
+
+/// Where a publisher pushes `key` through the proxy (app `stream`).
+fn url(addr: SocketAddr, key: &str) -> String {
+    format!("rtmp://{addr}/stream/{key}")
+}
+
+/// A C0+C1 as a client sends it: version byte, then 1536 bytes.
+fn c0c1(version: u8, seed: u64) -> Vec<u8> {
+    let mut b = vec![0u8; C0C1_LEN];
+    Prng::new(seed).fill(&mut b);
+    b[0] = version;
+    b
+}
+
+/// `/streams` as JSON.
+async fn streams(proxy: &Proxy) -> Vec<Value> {
+    let (status, body) = http_get(proxy.admin, "/streams")
+        .await
+        .expect("GET /streams");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("/streams is JSON")
+}
+
+fn rejected(reason: &str) -> String {
+    format!("rtmp_proxy_connections_rejected_total{{reason=\"{reason}\"}}")
+}
+
+/// Acceptance 1 and 2 (one setup: two media servers and two encoders).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishers_spread_over_servers_and_are_listed_with_redacted_keys() {
+    let servers = [Nginx::start(false).await, Nginx::start(false).await];
+    let proxy = Proxy::start(&statics(&[servers[0].yaml(1), servers[1].yaml(1)])).await;
+    let keys = ["alphaKey0000secret", "bravoKey0000secret"];
+    let mut publishers: Vec<Publisher> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Publisher::start(&url(proxy.listen, k), proxy.dir.path(), &i.to_string()))
+        .collect();
+
+    // Each stream publishes on exactly one server, and not the same one.
+    let mut home = Vec::new();
+    for key in keys {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let found = loop {
+            let on: Vec<usize> = (0..2).filter(|&i| servers[i].publishing(key)).collect();
+            if !on.is_empty() || std::time::Instant::now() > deadline {
+                break on;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            found.len(),
+            1,
+            "{key} on {found:?}; proxy log:\n{}\nffmpeg: {}",
+            proxy.log_text(),
+            publishers.iter().map(|p| p.log()).collect::<String>()
+        );
+        home.push(found[0]);
+    }
+    assert_ne!(home[0], home[1], "both streams on one server");
+
+    // A player on the media server itself sees the video.
+    for (key, &i) in keys.iter().zip(&home) {
+        let kinds = probe(&url(servers[i].rtmp, key), Duration::from_secs(20)).await;
+        assert!(kinds.contains(&"video".to_string()), "{key}: {kinds:?}");
+    }
+
+    // The directory: both streams, keys redacted, live byte counts.
+    let list = streams(&proxy).await;
+    assert_eq!(list.len(), 2, "{list:#?}");
+    for (key, &i) in keys.iter().zip(&home) {
+        let shown = format!("{}…", &key[..4]);
+        let e = list
+            .iter()
+            .find(|e| e["key"] == shown.as_str())
+            .unwrap_or_else(|| panic!("{shown} not in {list:#?}"));
+        assert_eq!(e["app"], "stream");
+        assert_eq!(e["role"], "publish");
+        assert_eq!(e["status"], "identified");
+        assert_eq!(e["backend"], servers[i].rtmp.to_string());
+        assert!(e["bytes_up"].as_u64().unwrap() > C0C1_LEN as u64, "{e}");
+        assert!(e["bytes_down"].as_u64().unwrap() > 0, "{e}");
+        assert!(e["started_at"].as_str().unwrap().ends_with('Z'), "{e}");
+
+        let (status, body) = http_get(proxy.admin, &format!("/streams/stream/{key}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let found: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(found["backend"], servers[i].rtmp.to_string());
+    }
+    let text = serde_json::to_string(&list).unwrap();
+    for key in keys {
+        assert!(!text.contains(key), "{text}");
+    }
+    // Only the exact key finds a stream.
+    for path in [
+        "/streams/stream/alphaKey0000secre",
+        "/streams/stream/alph%E2%80%A6",
+        "/streams/other/alphaKey0000secret",
+        "/streams/stream",
+    ] {
+        assert_eq!(http_get(proxy.admin, path).await.unwrap().0, 404, "{path}");
+    }
+
+    // A publisher that leaves is logged with role, app and redacted key,
+    // and leaves the directory.
+    drop(publishers.remove(0));
+    let line = format!("publish stream/{}…", &keys[0][..4]);
+    let logged = wait_until(Duration::from_secs(10), || {
+        proxy
+            .log_text()
+            .lines()
+            .any(|l| l.contains(" bytes up, ") && l.contains(&line))
+    })
+    .await;
+    assert!(logged, "no end line with {line:?}:\n{}", proxy.log_text());
+    let gone = wait_until(Duration::from_secs(5), || {
+        http_get_blocking(proxy.admin, "/streams")
+            .map(|(_, b)| !b.contains(&format!("{}…", &keys[0][..4])))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(gone, "{:#?}", streams(&proxy).await);
+    assert_eq!(
+        proxy
+            .metric("rtmp_proxy_streams_identified_total{role=\"publish\"}")
+            .await,
+        2.0
+    );
+
+    let log = proxy.log_text();
+    for key in keys {
+        assert!(!log.contains(key), "full key {key} in the log:\n{log}");
+    }
+}
+
+/// Acceptance 3: a silent client and a non-RTMP one never hold the only
+/// slot; both are closed and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_without_a_handshake_take_no_slot() {
+    let server = Nginx::start(false).await;
+    let proxy = Proxy::start(&format!(
+        "  handshake_timeout: 10s\n  health_check:\n    interval: 60s\n{}",
+        statics(&[server.yaml(1)])
+    ))
+    .await;
+
+    let mut silent = proxy.connect().await;
+    let mut wrong = proxy.connect().await;
+    wrong.write_all(&c0c1(9, 1)).await.unwrap();
+    let mut short = proxy.connect().await;
+    short.write_all(&c0c1(3, 2)[..100]).await.unwrap();
+    short.shutdown().await.unwrap();
+    assert!(closed_within(&mut wrong, Duration::from_secs(5)).await);
+    assert!(closed_within(&mut short, Duration::from_secs(5)).await);
+    let accepted = wait_until(Duration::from_secs(5), || {
+        metric_blocking(&proxy, "rtmp_proxy_connections_accepted_total") == 3.0
+    })
+    .await;
+    assert!(accepted, "{}", proxy.log_text());
+    assert_eq!(proxy.backend_field(server.rtmp, "active").await, 0);
+
+    // The silent client is still in the gate, and the publisher is served.
+    let mut publisher = Publisher::start(&url(proxy.listen, "gatekey"), proxy.dir.path(), "p");
+    assert!(
+        server
+            .wait_publishing("gatekey", Duration::from_secs(9))
+            .await,
+        "publisher not served; log:\n{}\nffmpeg: {}",
+        proxy.log_text(),
+        publisher.log()
+    );
+    assert_eq!(proxy.metric(&rejected("handshake_timeout")).await, 0.0);
+    assert_eq!(proxy.backend_field(server.rtmp, "active").await, 1);
+    assert!(publisher.running());
+
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(15)).await,
+        "the silent client was not closed"
+    );
+    for reason in [
+        "handshake_timeout",
+        "handshake_bad_version",
+        "handshake_incomplete",
+    ] {
+        assert_eq!(proxy.metric(&rejected(reason)).await, 1.0, "{reason}");
+    }
+    assert_eq!(
+        proxy.metric("rtmp_proxy_connections_served_total").await,
+        1.0
+    );
+    let log = proxy.log_text();
+    assert!(
+        log.contains(
+            "closed without a backend: handshake_bad_version (unsupported RTMP version byte 9"
+        ),
+        "{log}"
+    );
+}
+
+fn metric_blocking(proxy: &Proxy, name: &str) -> f64 {
+    http_get_blocking(proxy.admin, "/metrics")
+        .ok()
+        .and_then(|(_, body)| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// What a PROXY-aware test backend saw on one connection.
+#[derive(Debug)]
+struct Seen {
+    version: &'static str,
+    source: SocketAddr,
+    destination: SocketAddr,
+    /// The client bytes that followed the header (C0+C1).
+    c0c1: Vec<u8>,
+}
+
+/// A backend that parses a PROXY header (v1 or v2, with `ppp`), then reads
+/// C0+C1 and answers with 1537 bytes (S0+S1) so the proxy's first-answer
+/// check passes, then echoes whatever follows. Connections that close
+/// without a header (health checks) are ignored.
+async fn proxy_header_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Result<Seen, String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(seen) = read_proxied(sock).await {
+                    let _ = tx.send(seen);
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
+    use ppp::{v1, v2, HeaderResult, PartialResult};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (version, source, destination, len) = loop {
+        let parsed = HeaderResult::parse(&buf);
+        if !parsed.is_incomplete() {
+            break match parsed {
+                HeaderResult::V1(Ok(h)) => match h.addresses {
+                    v1::Addresses::Tcp4(a) => (
+                        "v1",
+                        SocketAddr::from((a.source_address, a.source_port)),
+                        SocketAddr::from((a.destination_address, a.destination_port)),
+                        h.header.len(),
+                    ),
+                    other => return Some(Err(format!("v1 addresses {other:?}"))),
+                },
+                HeaderResult::V2(Ok(h)) => match h.addresses {
+                    v2::Addresses::IPv4(a) if h.command == v2::Command::Proxy => (
+                        "v2",
+                        SocketAddr::from((a.source_address, a.source_port)),
+                        SocketAddr::from((a.destination_address, a.destination_port)),
+                        h.header.len(),
+                    ),
+                    other => return Some(Err(format!("v2 {:?} {other:?}", h.command))),
+                },
+                other => return Some(Err(format!("bad header {other:?} in {buf:?}"))),
+            };
+        }
+        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return None,
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            other => return Some(Err(format!("incomplete header {buf:?}: {other:?}"))),
+        }
+    };
+    let mut hello = buf.split_off(len);
+    while hello.len() < C0C1_LEN {
+        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => hello.extend_from_slice(&chunk[..n]),
+            other => return Some(Err(format!("no C0+C1 after the header: {other:?}"))),
+        }
+    }
+    let reply = c0c1(3, 99);
+    if let Err(e) = sock.write_all(&reply).await {
+        return Some(Err(format!("cannot answer: {e}")));
+    }
+    let seen = Seen {
+        version,
+        source,
+        destination,
+        c0c1: hello,
+    };
+    tokio::spawn(async move {
+        let (mut rd, mut wr) = sock.split();
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    });
+    Some(Ok(seen))
+}
+
+/// Acceptance 4, raw: the header names the client's own address (bound to
+/// 127.0.0.2) as source and the address it connected to as destination,
+/// though the proxy's own upstream side is 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_headers_carry_the_client_address() {
+    for version in ["v1", "v2"] {
+        let (backend, mut seen) = proxy_header_backend().await;
+        let proxy = Proxy::start(&format!(
+            "  send_proxy: {version}\n  health_check:\n    interval: 60s\n{}",
+            statics(&[format!("      - addr: \"{backend}\"\n")])
+        ))
+        .await;
+        let _ = proxy.connect().await; // waits until the port is bound
+
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut client = socket.connect(proxy.listen).await.unwrap();
+        let me = client.local_addr().unwrap();
+        let hello = c0c1(3, 5);
+        client.write_all(&hello).await.unwrap();
+
+        // The probe connection above sent no handshake and was never
+        // proxied: the first connection with a header is this client's.
+        let got = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{version}: nothing proxied:\n{}", proxy.log_text()))
+            .unwrap_or_else(|e| panic!("{version}: {e}"));
+        assert_eq!(got.version, version);
+        assert_eq!(got.source, me, "{version}");
+        assert_eq!(got.destination, proxy.listen, "{version}");
+        assert_eq!(got.c0c1, hello, "{version}");
+        let mut reply = vec![0u8; C0C1_LEN];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut reply))
+            .await
+            .expect("no answer through the proxy")
+            .unwrap();
+        assert_eq!(reply, c0c1(3, 99), "{version}");
+
+        // Not RTMP after the handshake: still proxied, listed as unknown.
+        let mut rest = vec![0u8; 1536];
+        rest.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        client.write_all(&rest).await.unwrap();
+        let mut echoed = vec![0u8; rest.len()];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut echoed))
+            .await
+            .expect("no echo through the proxy")
+            .unwrap();
+        assert_eq!(echoed, rest);
+        let list = streams(&proxy).await;
+        assert_eq!(list.len(), 1, "{list:#?}");
+        assert_eq!(list[0]["status"], "unknown", "{list:#?}");
+        assert_eq!(list[0]["reason"], "bad_message_type", "{list:#?}");
+        assert_eq!(list[0]["client"], me.to_string());
+        assert_eq!(
+            list[0]["bytes_up"].as_u64(),
+            Some((C0C1_LEN + rest.len()) as u64)
+        );
+        assert_eq!(
+            proxy
+                .metric("rtmp_proxy_streams_unknown_total{reason=\"bad_message_type\"}")
+                .await,
+            1.0
+        );
+        drop(client);
+        let logged = wait_until(Duration::from_secs(10), || {
+            proxy
+                .log_text()
+                .contains("client_closed, unknown stream (bad_message_type)")
+        })
+        .await;
+        assert!(logged, "{}", proxy.log_text());
+    }
+}
+
+/// Acceptance 4, end to end: nginx-rtmp with `listen ... proxy_protocol`
+/// takes a publish through `send_proxy: v1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nginx_with_proxy_protocol_takes_a_publish_through_v1() {
+    let server = Nginx::start(true).await;
+    let proxy = Proxy::start(&format!(
+        "  send_proxy: v1\n  health_check:\n    interval: 60s\n{}",
+        statics(&[server.yaml(1)])
+    ))
+    .await;
+    let mut publisher = Publisher::start(&url(proxy.listen, "ppkey"), proxy.dir.path(), "p");
+    assert!(
+        server
+            .wait_publishing("ppkey", Duration::from_secs(20))
+            .await,
+        "not publishing; proxy log:\n{}\nnginx:\n{}\nffmpeg: {}",
+        proxy.log_text(),
+        server.logs(),
+        publisher.log()
+    );
+    assert!(publisher.running());
+    assert!(server.stat().contains("<address>127.0.0.1</address>"));
+}
+
+/// A backend that accepts TCP and closes at once, without a byte.
+async fn closing_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            drop(sock);
+        }
+    });
+    (addr, task)
+}
+
+/// Publishes `keys` through `proxy` one after the other and checks that
+/// each lands on `server` while its encoder reports no error.
+async fn publish_all(proxy: &Proxy, server: &Nginx, keys: &[&str]) -> Vec<Publisher> {
+    let mut running = Vec::new();
+    for key in keys {
+        let mut p = Publisher::start(&url(proxy.listen, key), proxy.dir.path(), key);
+        assert!(
+            server.wait_publishing(key, Duration::from_secs(20)).await,
+            "{key} not on {}; proxy log:\n{}\nffmpeg: {}",
+            server.rtmp,
+            proxy.log_text(),
+            p.log()
+        );
+        assert!(p.running(), "{}", p.log());
+        assert_eq!(p.log(), "", "ffmpeg reported an error");
+        running.push(p);
+    }
+    running
+}
+
+/// Acceptance 5: a backend that closes right after accepting is skipped
+/// with the same handshake bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backend_that_closes_without_answering_is_skipped() {
+    let (closer, _task) = closing_backend().await;
+    let server = Nginx::start(false).await;
+    // `first` with the closer first: every publisher tries it first while
+    // it is up; only the failed attempt marks it down.
+    let proxy = Proxy::start(&format!(
+        "  balance: first\n  health_check:\n    interval: 60s\n{}",
+        statics(&[
+            format!("      - addr: \"{closer}\"\n        max_connections: 0\n"),
+            server.yaml(0)
+        ])
+    ))
+    .await;
+    let _publishers = publish_all(&proxy, &server, &["closer1", "closer2"]).await;
+    let log = proxy.log_text();
+    assert!(
+        log.contains(&format!("backend {closer} ")) && log.contains("before answering"),
+        "the closing backend was never tried:\n{log}"
+    );
+    assert_eq!(proxy.backend_field(closer, "healthy").await, false);
+    assert_eq!(proxy.metric(&rejected("connect_failed")).await, 0.0);
+}
+
+/// Acceptance 5: a stopped media server (its port refuses) is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_media_server_is_skipped() {
+    let mut stopped = Nginx::start(false).await;
+    let server = Nginx::start(false).await;
+    stopped.stop();
+    let proxy = Proxy::start(&format!(
+        "  balance: first\n  health_check:\n    interval: 60s\n{}",
+        statics(&[stopped.yaml(0), server.yaml(0)])
+    ))
+    .await;
+    let _publishers = publish_all(&proxy, &server, &["live1", "live2"]).await;
+    assert_eq!(proxy.backend_field(stopped.rtmp, "healthy").await, false);
+    assert_eq!(proxy.metric(&rejected("connect_failed")).await, 0.0);
+}
