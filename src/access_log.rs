@@ -40,6 +40,9 @@ pub struct Record {
     /// `queue_timeout`, `queue_full`, `connect_failed`, `shutdown_cut`, ...);
     /// `null` on progress lines.
     pub reason: Option<&'static str>,
+    /// Free text for people: the error behind a rejection or a failed
+    /// side, or why an RTMP stream could not be identified.
+    pub detail: Option<String>,
 }
 
 pub struct AccessLog {

@@ -27,13 +27,14 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backends, LoadBalancer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::access_log::AccessLog;
 use crate::balancer::redis::SharedSlots;
 use crate::balancer::{policy, Limits, SlotTable};
 use crate::config::{self, ProxyConfig, SlotStore};
 use crate::discovery::cloud_map::CloudMapDiscovery;
 use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
-use crate::http::{Admin, Health};
+use crate::http::{Admin, AdminState, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics;
@@ -132,14 +133,21 @@ pub fn run(cli: Cli) -> Result<(), String> {
         )?),
         _ => None,
     };
+    let access_log = Arc::new(AccessLog::open(
+        &proxy.access_log,
+        proxy.access_log_interval,
+    )?);
     compose(
         &mut server,
         &proxy,
-        table,
-        lifecycle.clone(),
-        handoff.clone(),
-        forward_rx,
-        shared,
+        Parts {
+            table,
+            lifecycle: lifecycle.clone(),
+            handoff: handoff.clone(),
+            forwarded: forward_rx,
+            shared,
+            access_log,
+        },
     );
     info!(
         "rtmp-proxy {} listening on {} (health {}, admin {})",
@@ -178,16 +186,26 @@ fn probe_listen(key: &str, addr: &str) -> Result<(), String> {
         .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
 }
 
-/// Adds every service to the server.
-fn compose(
-    server: &mut Server,
-    proxy: &ProxyConfig,
+/// The shared state the services are built from.
+struct Parts {
     table: Arc<SlotTable>,
     lifecycle: Arc<Lifecycle>,
     handoff: Arc<Handoff>,
     forwarded: UnboundedReceiver<ForwardedClient>,
     shared: Option<Arc<SharedSlots>>,
-) {
+    access_log: Arc<AccessLog>,
+}
+
+/// Adds every service to the server.
+fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
+    let Parts {
+        table,
+        lifecycle,
+        handoff,
+        forwarded,
+        shared,
+        access_log,
+    } = parts;
     let mut sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)> = vec![(
         "static",
         Box::new(StaticDiscovery::new(&proxy.backends.static_)),
@@ -218,6 +236,7 @@ fn compose(
         handoff,
         shared.clone(),
         Rtmp::new(proxy, streams.clone()),
+        access_log.clone(),
     );
     let mut rtmp = Service::new("rtmp proxy".to_string(), ProxyApp(core.clone()));
     // No read buffer per accepted client: the copy has its own, and idle
@@ -233,7 +252,7 @@ fn compose(
 
     let mut health = Service::new(
         "health".to_string(),
-        HttpServer::new_app(Health::new(table.clone(), lifecycle)),
+        HttpServer::new_app(Health::new(table.clone(), lifecycle.clone())),
     );
     health.add_tcp(&proxy.health_listen);
     health.threads = Some(1);
@@ -241,7 +260,13 @@ fn compose(
 
     let mut admin = Service::new(
         "admin".to_string(),
-        HttpServer::new_app(Admin::new(table, streams, shared.clone())),
+        HttpServer::new_app(Admin::new(AdminState {
+            table,
+            streams,
+            shared,
+            lifecycle: lifecycle.clone(),
+            access_log,
+        })),
     );
     admin.add_tcp(&proxy.admin_listen);
     admin.threads = Some(1);

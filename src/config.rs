@@ -65,6 +65,14 @@ pub struct ProxyConfig {
     /// `queue_full`). `0` disables queueing. Default `1024`.
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
+    /// Where the JSON access log goes: `stderr` (default), `off`, or a file
+    /// path (appended to). One line per client connection when it ends.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+    /// Time between two progress lines of a live connection in the access
+    /// log. Default `60s`.
+    #[serde(default = "default_access_log_interval", deserialize_with = "duration")]
+    pub access_log_interval: Duration,
     /// After SIGTERM, how long the listener keeps accepting (and serving)
     /// new clients while `/health` already answers 503, so Route53 or the
     /// NLB can move new publishers elsewhere first. Default `10s`.
@@ -313,6 +321,12 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_max_queue() -> usize {
     1024
+}
+fn default_access_log() -> String {
+    "stderr".into()
+}
+fn default_access_log_interval() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_lease() -> Duration {
     Duration::from_secs(15)

@@ -5,6 +5,7 @@
 //! internal, while the admin port lists backend addresses.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
@@ -12,6 +13,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
+use crate::access_log::{AccessLog, Record};
 use crate::balancer::redis::SharedSlots;
 use crate::balancer::{BackendView, SlotTable};
 use crate::lifecycle::{Lifecycle, Phase};
@@ -53,23 +55,78 @@ impl ServeHttp for Health {
     }
 }
 
-/// The admin API on `proxy.admin_listen`.
+/// The admin API on `proxy.admin_listen`: the stats page (`/`), JSON
+/// endpoints it reads (`/status`, `/backends`, `/streams`) and `/metrics`.
 pub struct Admin {
     table: Arc<SlotTable>,
     shared: Option<Arc<SharedSlots>>,
     streams: Arc<Directory>,
+    lifecycle: Arc<Lifecycle>,
+    access_log: Arc<AccessLog>,
+    started: Instant,
+}
+
+/// What the admin API reads.
+pub struct AdminState {
+    pub table: Arc<SlotTable>,
+    pub streams: Arc<Directory>,
+    pub shared: Option<Arc<SharedSlots>>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub access_log: Arc<AccessLog>,
+}
+
+/// The stats page: one self-contained file (no external assets), which
+/// refreshes itself from the JSON endpoints.
+const STATS_PAGE: &str = include_str!("stats.html");
+
+/// `GET /status`.
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    /// `serving`, `draining` or `handed_off`.
+    phase: &'static str,
+    uptime_seconds: u64,
+    /// Client connections open now (queued, connecting or proxied).
+    sessions: usize,
+    queued: usize,
+    slot_store: &'static str,
+    accepted_total: u64,
+    served_total: u64,
+    rejected_total: u64,
+    /// The last rejections, oldest first (access log records).
+    recent_rejections: Vec<Record>,
 }
 
 impl Admin {
-    pub fn new(
-        table: Arc<SlotTable>,
-        streams: Arc<Directory>,
-        shared: Option<Arc<SharedSlots>>,
-    ) -> Self {
+    pub fn new(state: AdminState) -> Self {
         Self {
-            table,
-            shared,
-            streams,
+            table: state.table,
+            shared: state.shared,
+            streams: state.streams,
+            lifecycle: state.lifecycle,
+            access_log: state.access_log,
+            started: Instant::now(),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let m = metrics::get();
+        let rejected = metrics::sum(&m.rejected);
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            phase: match self.lifecycle.phase() {
+                Phase::Serving => "serving",
+                Phase::Draining => "draining",
+                Phase::HandedOff => "handed_off",
+            },
+            uptime_seconds: self.started.elapsed().as_secs(),
+            sessions: self.lifecycle.sessions(),
+            queued: self.table.queued(),
+            slot_store: self.slot_store(),
+            accepted_total: m.accepted.get(),
+            served_total: m.served.get(),
+            rejected_total: rejected,
+            recent_rejections: self.access_log.recent_rejections(),
         }
     }
 
@@ -140,6 +197,12 @@ impl ServeHttp for Admin {
                     .collect();
                 json(&entries)
             }
+            "/" => body(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                STATS_PAGE.as_bytes().to_vec(),
+            ),
+            "/status" => json(&self.status()),
             "/streams" => json(&self.streams.list()),
             "/metrics" => body(
                 StatusCode::OK,

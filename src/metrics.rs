@@ -179,6 +179,17 @@ impl Metrics {
     }
 }
 
+/// The sum of a counter over all its label values.
+pub fn sum(counter: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
 /// The default registry in Prometheus' text format, with the slot table's
 /// gauges read at this moment.
 pub fn render(table: &SlotTable) -> Vec<u8> {

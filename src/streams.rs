@@ -215,6 +215,12 @@ impl Registration {
         self.handle.clone()
     }
 
+    /// The entry as `/streams` shows it.
+    pub fn view(&self) -> Option<StreamView> {
+        let inner = self.handle.dir.lock();
+        inner.entries.get(&self.handle.id).map(Entry::view)
+    }
+
     /// What the connection's log line says about the stream: role, app
     /// and redacted key, or why it is unknown.
     pub fn describe(&self) -> String {

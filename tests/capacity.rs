@@ -53,7 +53,7 @@ fn notable(proxy: &Proxy) -> String {
     proxy
         .log_text()
         .lines()
-        .filter(|l| !l.contains(" bytes up, "))
+        .filter(|l| !l.contains(r#""event":"end""#))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -285,7 +285,8 @@ async fn a_queued_client_is_closed_after_queue_timeout() {
         before,
         "the timed-out client reached a backend"
     );
-    assert_logged(&proxy, "closed without a backend: queue_timeout").await;
+    assert_logged(&proxy, r#""event":"rejected""#).await;
+    assert_logged(&proxy, r#""reason":"queue_timeout""#).await;
     assert_eq!(
         proxy
             .metric("rtmp_proxy_connections_rejected_total{reason=\"queue_timeout\"}")
@@ -314,7 +315,7 @@ async fn a_full_queue_closes_the_next_client_at_once() {
         closed_within(&mut d, Duration::from_secs(2)).await,
         "the client over max_queue was not closed at once"
     );
-    assert_logged(&proxy, "closed without a backend: queue_full").await;
+    assert_logged(&proxy, r#""reason":"queue_full""#).await;
     assert_eq!(
         proxy
             .metric("rtmp_proxy_connections_rejected_total{reason=\"queue_full\"}")

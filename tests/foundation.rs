@@ -42,7 +42,7 @@ async fn twenty_megabytes_each_way_arrive_intact() {
         "client-to-backend bytes differ: {:?}",
         backend.stats.hashes.lock().unwrap()
     );
-    let line = "20971520 bytes up, 20971520 bytes down";
+    let line = "\"bytes_up\":20971520,\"bytes_down\":20971520";
     let logged = wait_until(Duration::from_secs(5), || proxy.log_text().contains(line)).await;
     assert!(logged, "{}", proxy.log_text());
 }

@@ -133,12 +133,15 @@ async fn publishers_spread_over_servers_and_are_listed_with_redacted_keys() {
     // A publisher that leaves is logged with role, app and redacted key,
     // and leaves the directory.
     drop(publishers.remove(0));
-    let line = format!("publish stream/{}…", &keys[0][..4]);
+    let line = format!(
+        r#""app":"stream","key":"{}…","role":"publish""#,
+        &keys[0][..4]
+    );
     let logged = wait_until(Duration::from_secs(10), || {
         proxy
             .log_text()
             .lines()
-            .any(|l| l.contains(" bytes up, ") && l.contains(&line))
+            .any(|l| l.contains(r#""event":"end""#) && l.contains(&line))
     })
     .await;
     assert!(logged, "no end line with {line:?}:\n{}", proxy.log_text());
@@ -219,9 +222,9 @@ async fn clients_without_a_handshake_take_no_slot() {
     );
     let log = proxy.log_text();
     assert!(
-        log.contains(
-            "closed without a backend: handshake_bad_version (unsupported RTMP version byte 9"
-        ),
+        log.lines()
+            .any(|l| l.contains(r#""reason":"handshake_bad_version""#)
+                && l.contains("unsupported RTMP version byte 9")),
         "{log}"
     );
 }
@@ -393,9 +396,10 @@ async fn proxy_headers_carry_the_client_address() {
         );
         drop(client);
         let logged = wait_until(Duration::from_secs(10), || {
-            proxy
-                .log_text()
-                .contains("client_closed, unknown stream (bad_message_type)")
+            proxy.log_text().lines().any(|l| {
+                l.contains(r#""reason":"client_closed""#)
+                    && l.contains("unknown stream (bad_message_type)")
+            })
         })
         .await;
         assert!(logged, "{}", proxy.log_text());

@@ -13,11 +13,12 @@ pub mod duplex;
 pub mod rtmp;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use log::{info, warn};
+use log::{debug, info, warn};
 use pingora_core::apps::ServerApp;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -29,12 +30,14 @@ use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::access_log::{AccessLog, Record};
 use crate::balancer::redis::{Lease, LeaseOutcome, SharedSlots};
 use crate::balancer::{Rejection, Slot, SlotTable};
 use crate::config::ProxyConfig;
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::Lifecycle;
 use crate::metrics;
+use crate::streams::Registration;
 use duplex::{Flow, Side};
 
 /// Bytes a queued client may send before we stop reading from it.
@@ -74,6 +77,7 @@ pub struct Proxy {
     /// Fleet-wide slots, when `proxy.slots.store` is `redis`.
     shared: Option<Arc<SharedSlots>>,
     rtmp: rtmp::Rtmp,
+    access_log: Arc<AccessLog>,
 }
 
 impl Proxy {
@@ -84,6 +88,7 @@ impl Proxy {
         handoff: Arc<Handoff>,
         shared: Option<Arc<SharedSlots>>,
         rtmp: rtmp::Rtmp,
+        access_log: Arc<AccessLog>,
     ) -> Arc<Self> {
         Arc::new(Self {
             table,
@@ -93,6 +98,7 @@ impl Proxy {
             handoff,
             shared,
             rtmp,
+            access_log,
         })
     }
 
@@ -171,6 +177,20 @@ impl Proxy {
         }
     }
 
+    /// Closes a client that got no backend: counted, and logged with why.
+    fn reject(&self, client: &str, reason: &'static str, why: &str, waited: Duration) {
+        metrics::get().rejected.with_label_values(&[reason]).inc();
+        debug!("{client}: closed without a backend: {reason} ({why})");
+        self.access_log.write(Record {
+            event: "rejected",
+            client: client.to_string(),
+            queue_wait_ms: waited.as_millis() as u64,
+            reason: Some(reason),
+            detail: Some(why.to_string()),
+            ..Default::default()
+        });
+    }
+
     /// Serves one client; `pending` holds bytes already read from it.
     async fn serve(&self, mut client: Stream, client_addr: &str, mut pending: Vec<u8>) {
         let _session = self.lifecycle.session();
@@ -179,7 +199,7 @@ impl Proxy {
 
         // Step 0 (`protocol: rtmp`): a valid C0+C1 before any slot.
         if let Err(e) = self.rtmp.gate(&mut client, &mut pending).await {
-            reject(client_addr, e.reason(), &e.to_string());
+            self.reject(client_addr, e.reason(), &e.to_string(), Duration::ZERO);
             return;
         }
 
@@ -201,7 +221,8 @@ impl Proxy {
                     }
                 } => slot,
                 () = watch_queued_client(&mut client, &mut pending) => {
-                    reject(client_addr, "client_left", "client closed while queued");
+                    let waited = queued_at.elapsed();
+                    self.reject(client_addr, "client_left", "client closed while queued", waited);
                     return;
                 }
             };
@@ -214,23 +235,25 @@ impl Proxy {
                 Err(e) => break Err(e),
             }
         };
-        m.queue_wait.observe(queued_at.elapsed().as_secs_f64());
+        let waited = queued_at.elapsed();
+        m.queue_wait.observe(waited.as_secs_f64());
         let taken = match taken {
             Ok(taken) => taken,
             Err(Rejection::HandedOff) => {
                 // An upgrade is under way: the new process serves it.
                 match self.handoff.forward(client, client_addr, pending) {
                     Ok(()) => info!("{client_addr}: passed to the new process (upgrade)"),
-                    Err(_) => reject(
+                    Err(_) => self.reject(
                         client_addr,
                         "handed_off",
                         "no new process to pass the client to",
+                        waited,
                     ),
                 }
                 return;
             }
             Err(r) => {
-                reject(client_addr, r.as_str(), "no free backend slot");
+                self.reject(client_addr, r.as_str(), "no free backend slot", waited);
                 return;
             }
         };
@@ -240,7 +263,7 @@ impl Proxy {
         let (taken, mut backend, first) = match self.connect(taken, client_addr, &opening).await {
             Ok(opened) => opened,
             Err(why) => {
-                reject(client_addr, "connect_failed", &why);
+                self.reject(client_addr, "connect_failed", &why, waited);
                 return;
             }
         };
@@ -254,8 +277,32 @@ impl Proxy {
         let idle = self.settings.idle_timeout;
         flow.count(Side::Client, pending.len());
         flow.count(Side::Backend, first.len());
+        let record = |event, reason| Record {
+            event,
+            client: client_addr.to_string(),
+            backend: Some(backend_addr.to_string()),
+            bytes_up: flow.from_client.load(Ordering::Relaxed),
+            bytes_down: flow.from_backend.load(Ordering::Relaxed),
+            duration_ms: flow.duration().as_millis() as u64,
+            queue_wait_ms: waited.as_millis() as u64,
+            reason,
+            ..stream.as_ref().map(stream_fields).unwrap_or_default()
+        };
         let end = match write_all_flush(&mut client, &first).await {
-            Ok(()) => duplex::run(&mut client, &mut backend, &flow, idle, cut).await,
+            Ok(()) => {
+                let copy = duplex::run(&mut client, &mut backend, &flow, idle, cut);
+                tokio::pin!(copy);
+                // Long streams log a progress line every interval.
+                let every = self.access_log.interval;
+                let mut progress =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        end = &mut copy => break end,
+                        _ = progress.tick() => self.access_log.write(record("progress", None)),
+                    }
+                }
+            }
             Err(e) => duplex::End::Failed(Side::Client, e.to_string()),
         };
 
@@ -269,10 +316,14 @@ impl Proxy {
             duplex::End::Failed(_, e) => format!(" ({e})"),
             _ => String::new(),
         };
-        if let Some(stream) = stream {
+        if let Some(stream) = &stream {
             detail.push_str(&format!(", {}", stream.describe()));
         }
-        info!(
+        let mut last = record("end", Some(end.reason()));
+        last.detail =
+            Some(detail.trim_start_matches([',', ' ']).to_string()).filter(|d| !d.is_empty());
+        self.access_log.write(last);
+        debug!(
             "{client_addr} -> {backend_addr}: {} bytes up, {} bytes down, {:.1?}, {}{detail}",
             flow.from_client.load(std::sync::atomic::Ordering::Relaxed),
             flow.from_backend.load(std::sync::atomic::Ordering::Relaxed),
@@ -362,9 +413,15 @@ impl BackgroundService for Forwarded {
     }
 }
 
-fn reject(client: &str, reason: &str, why: &str) {
-    metrics::get().rejected.with_label_values(&[reason]).inc();
-    info!("{client}: closed without a backend: {reason} ({why})");
+/// App, redacted key and role of an RTMP stream, for access log records.
+fn stream_fields(stream: &Registration) -> Record {
+    let view = stream.view();
+    Record {
+        app: view.as_ref().and_then(|v| v.app.clone()),
+        key: view.as_ref().and_then(|v| v.key.clone()),
+        role: view.and_then(|v| v.role),
+        ..Default::default()
+    }
 }
 
 /// Resolves when a queued client closes or fails. Whatever it sends
