@@ -27,14 +27,16 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backends, LoadBalancer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::balancer::redis::SharedSlots;
 use crate::balancer::{policy, Limits, SlotTable};
-use crate::config::{self, ProxyConfig};
+use crate::config::{self, ProxyConfig, SlotStore};
 use crate::discovery::cloud_map::CloudMapDiscovery;
 use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
 use crate::http::{Admin, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
+use crate::metrics;
 use crate::proxy::{rtmp::Rtmp, Forwarded, Proxy, ProxyApp, Settings};
 use crate::streams::Directory;
 
@@ -77,6 +79,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         println!("{path}: configuration OK");
         return Ok(());
     }
+    raise_fd_limit();
     let upgrade = opt.upgrade;
     if !upgrade {
         // Pingora retries a busy address for 30 s and then panics inside
@@ -118,6 +121,17 @@ pub fn run(cli: Cli) -> Result<(), String> {
         warn!("cannot write pid_file {pid_file}: {e}");
     }
 
+    metrics::init();
+    let shared = match (&proxy.slots.store, &proxy.slots.url) {
+        (SlotStore::Redis, Some(url)) => Some(SharedSlots::start(
+            url,
+            &proxy.slots.key_prefix,
+            proxy.slots.lease,
+            proxy.connect_timeout,
+            table.clone(),
+        )?),
+        _ => None,
+    };
     compose(
         &mut server,
         &proxy,
@@ -125,6 +139,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         lifecycle.clone(),
         handoff.clone(),
         forward_rx,
+        shared,
     );
     info!(
         "rtmp-proxy {} listening on {} (health {}, admin {})",
@@ -144,6 +159,19 @@ pub fn run(cli: Cli) -> Result<(), String> {
 /// one's last slot report.
 const HANDOFF_WAIT: Duration = Duration::from_secs(10);
 
+/// Every stream holds two descriptors, and Pingora only sleeps when it runs
+/// out: take the hard limit the system allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
 fn probe_listen(key: &str, addr: &str) -> Result<(), String> {
     TcpListener::bind(addr)
         .map(drop)
@@ -158,11 +186,17 @@ fn compose(
     lifecycle: Arc<Lifecycle>,
     handoff: Arc<Handoff>,
     forwarded: UnboundedReceiver<ForwardedClient>,
+    shared: Option<Arc<SharedSlots>>,
 ) {
-    let mut sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>> =
-        vec![Box::new(StaticDiscovery::new(&proxy.backends.static_))];
+    let mut sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)> = vec![(
+        "static",
+        Box::new(StaticDiscovery::new(&proxy.backends.static_)),
+    )];
     if let Some(cloud_map) = &proxy.backends.cloud_map {
-        sources.push(Box::new(CloudMapDiscovery::new(cloud_map.clone())));
+        sources.push((
+            "cloud_map",
+            Box::new(CloudMapDiscovery::new(cloud_map.clone())),
+        ));
     }
     let fleet = Fleet::new(sources, table.clone());
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(fleet)));
@@ -182,6 +216,7 @@ fn compose(
         Settings::from(proxy),
         lifecycle.clone(),
         handoff,
+        shared.clone(),
         Rtmp::new(proxy, streams.clone()),
     );
     let mut rtmp = Service::new("rtmp proxy".to_string(), ProxyApp(core.clone()));
@@ -206,7 +241,7 @@ fn compose(
 
     let mut admin = Service::new(
         "admin".to_string(),
-        HttpServer::new_app(Admin::new(table, streams)),
+        HttpServer::new_app(Admin::new(table, shared.clone(), streams)),
     );
     admin.add_tcp(&proxy.admin_listen);
     admin.threads = Some(1);

@@ -89,6 +89,10 @@ pub struct ProxyConfig {
     /// (text) or `v2` (binary).
     #[serde(default)]
     pub send_proxy: SendProxy,
+    /// Where backend slots are counted: this process only, or fleet-wide
+    /// in Redis for several proxies behind one DNS name or load balancer.
+    #[serde(default)]
+    pub slots: SlotsConfig,
     /// Active TCP connect checks of every backend.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
@@ -167,6 +171,47 @@ impl Default for HealthCheckConfig {
             timeout: default_check_timeout(),
         }
     }
+}
+
+/// `proxy.slots`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotsConfig {
+    /// `local` (default): this process's own table. `redis`: leases in
+    /// Redis shared by every proxy, so caps hold across the fleet.
+    #[serde(default)]
+    pub store: SlotStore,
+    /// `redis://host:6379/0` (or `rediss://` for TLS). Required for `redis`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long a stream's lease lives without renewal (renewed every
+    /// third of it): a crashed proxy's slots free after this. Default `15s`.
+    #[serde(default = "default_lease", deserialize_with = "duration")]
+    pub lease: Duration,
+    /// Prefix (and Redis Cluster hash tag) of every key. Default
+    /// `rtmp-proxy`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+impl Default for SlotsConfig {
+    fn default() -> Self {
+        Self {
+            store: SlotStore::Local,
+            url: None,
+            lease: default_lease(),
+            key_prefix: default_key_prefix(),
+        }
+    }
+}
+
+/// `proxy.slots.store`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotStore {
+    #[default]
+    Local,
+    Redis,
 }
 
 /// `proxy.backends`: the sources of backends, combined.
@@ -272,6 +317,12 @@ fn default_max_queue() -> usize {
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_lease() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_key_prefix() -> String {
+    "rtmp-proxy".into()
+}
 fn default_drain_delay() -> Duration {
     Duration::from_secs(10)
 }
@@ -347,7 +398,13 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
                 ConfigError(format!("{line}: {path}: {message}"))
             }
         })?;
-    Ok(file.proxy)
+    let proxy = file.proxy;
+    if proxy.slots.store == SlotStore::Redis && proxy.slots.url.is_none() {
+        return Err(ConfigError(
+            "proxy.slots.url: required when proxy.slots.store is redis (e.g. redis://127.0.0.1:6379/0)".into(),
+        ));
+    }
+    Ok(proxy)
 }
 
 /// serde_yaml's message without its own (less precise) key path prefix and

@@ -48,6 +48,10 @@ impl HealthCheck for ReportingCheck {
 fn report(table: &SlotTable, addr: SocketAddr, result: &Result<()>) {
     match result {
         Ok(()) => table.set_health(addr, true, "check passed"),
-        Err(e) => table.set_health(addr, false, &format!("health check failed: {e}")),
+        Err(e) => table.set_health(
+            addr,
+            false,
+            &format!("health check failed: {}", e.root_cause()),
+        ),
     }
 }

@@ -12,6 +12,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
+use crate::balancer::redis::SharedSlots;
 use crate::balancer::{BackendView, SlotTable};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics;
@@ -55,12 +56,21 @@ impl ServeHttp for Health {
 /// The admin API on `proxy.admin_listen`.
 pub struct Admin {
     table: Arc<SlotTable>,
+    shared: Option<Arc<SharedSlots>>,
     streams: Arc<Directory>,
 }
 
 impl Admin {
-    pub fn new(table: Arc<SlotTable>, streams: Arc<Directory>) -> Self {
-        Self { table, streams }
+    pub fn new(
+        table: Arc<SlotTable>,
+        shared: Option<Arc<SharedSlots>>,
+        streams: Arc<Directory>,
+    ) -> Self {
+        Self {
+            table,
+            shared,
+            streams,
+        }
     }
 
     /// `GET /streams/{app}/{key}`: segments percent-decoded, so a key with
@@ -84,6 +94,14 @@ impl Admin {
             None => text(StatusCode::NOT_FOUND, "no such stream\n"),
         }
     }
+
+    fn slot_store(&self) -> &'static str {
+        match &self.shared {
+            None => "local",
+            Some(s) if s.degraded() => "redis (degraded)",
+            Some(_) => "redis",
+        }
+    }
 }
 
 /// One element of `GET /backends`.
@@ -94,6 +112,9 @@ struct BackendEntry {
     /// Clients waiting for any backend: the queue is shared, so every
     /// element carries the same value.
     queued: usize,
+    /// Where slots are counted: `local`, `redis`, or `redis (degraded)`
+    /// while Redis is unreachable (same in every element).
+    slot_store: &'static str,
 }
 
 #[async_trait]
@@ -106,11 +127,16 @@ impl ServeHttp for Admin {
         match req.uri.path() {
             "/backends" => {
                 let queued = self.table.queued();
+                let slot_store = self.slot_store();
                 let entries: Vec<BackendEntry> = self
                     .table
                     .snapshot()
                     .into_iter()
-                    .map(|backend| BackendEntry { backend, queued })
+                    .map(|backend| BackendEntry {
+                        backend,
+                        queued,
+                        slot_store,
+                    })
                     .collect();
                 json(&entries)
             }
@@ -118,7 +144,7 @@ impl ServeHttp for Admin {
             "/metrics" => body(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(),
+                metrics::render(&self.table),
             ),
             path => match path.strip_prefix("/streams/") {
                 Some(rest) => self.stream(rest),

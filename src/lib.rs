@@ -27,6 +27,7 @@
 //! - [`http`]: the public health endpoint and the private admin API.
 //! - [`metrics`]: Prometheus counters.
 
+pub mod access_log;
 pub mod app;
 pub mod balancer;
 pub mod config;

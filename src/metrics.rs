@@ -1,15 +1,20 @@
-//! Process-wide counters, in the `prometheus` crate's default registry (the
-//! one Pingora's `pingora-prometheus` also serves), exposed on the admin
-//! listener at `/metrics`.
+//! Prometheus metrics, in the `prometheus` crate's default registry (the one
+//! Pingora's `pingora-prometheus` also serves), exposed on the admin
+//! listener at `/metrics`. Counters move as things happen; the slot table's
+//! gauges are read at scrape time.
 //!
-//! Labels stay bounded: reasons and directions, never a client address or a
-//! stream key.
+//! Labels stay bounded: reasons, directions, discovery sources and backend
+//! addresses (the fleet), never a client address or a stream key.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_int_counter, register_int_counter_vec, Encoder, IntCounter, IntCounterVec, TextEncoder,
+    register_gauge, register_gauge_vec, register_histogram, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder, Gauge, GaugeVec,
+    Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
+
+use crate::balancer::SlotTable;
 
 pub struct Metrics {
     pub accepted: IntCounter,
@@ -21,6 +26,17 @@ pub struct Metrics {
     pub streams_identified: IntCounterVec,
     /// `protocol: rtmp`: connections the observer could not follow.
     pub streams_unknown: IntCounterVec,
+    pub queue_wait: Histogram,
+    pub connect_time: Histogram,
+    pub discovery: IntCounterVec,
+    pub discovery_last_success: GaugeVec,
+    pub slot_store_degraded: IntGauge,
+    backend_active: IntGaugeVec,
+    backend_max: IntGaugeVec,
+    backend_healthy: IntGaugeVec,
+    queue_length: IntGauge,
+    start_time: Gauge,
+    build_info: IntGaugeVec,
 }
 
 // Registration fails only on a duplicate name or a malformed one, both
@@ -67,7 +83,87 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         &["reason"]
     )
     .expect("metric registration"),
+    queue_wait: register_histogram!(
+        "rtmp_proxy_queue_wait_seconds",
+        "Time clients waited for a backend slot (0 when one was free).",
+        vec![0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+    )
+    .expect("metric registration"),
+    connect_time: register_histogram!(
+        "rtmp_proxy_backend_connect_seconds",
+        "Time to open a TCP connection to a backend, failures included.",
+        vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0]
+    )
+    .expect("metric registration"),
+    discovery: register_int_counter_vec!(
+        "rtmp_proxy_discovery_refreshes_total",
+        "Discovery calls, by source and result (ok, error).",
+        &["source", "result"]
+    )
+    .expect("metric registration"),
+    discovery_last_success: register_gauge_vec!(
+        "rtmp_proxy_discovery_last_success_timestamp_seconds",
+        "Unix time of the last successful discovery call, by source.",
+        &["source"]
+    )
+    .expect("metric registration"),
+    slot_store_degraded: register_int_gauge!(
+        "rtmp_proxy_slot_store_degraded",
+        "1 while the Redis slot store is unreachable and slots are counted locally."
+    )
+    .expect("metric registration"),
+    backend_active: register_int_gauge_vec!(
+        "rtmp_proxy_backend_active_connections",
+        "Proxied connections each backend holds (including an upgrade's inherited ones).",
+        &["backend"]
+    )
+    .expect("metric registration"),
+    backend_max: register_int_gauge_vec!(
+        "rtmp_proxy_backend_max_connections",
+        "Each backend's cap (0 = unlimited).",
+        &["backend"]
+    )
+    .expect("metric registration"),
+    backend_healthy: register_int_gauge_vec!(
+        "rtmp_proxy_backend_healthy",
+        "1 when the backend is present and passed its last check, else 0.",
+        &["backend"]
+    )
+    .expect("metric registration"),
+    queue_length: register_int_gauge!(
+        "rtmp_proxy_queue_length",
+        "Clients waiting for a free backend slot."
+    )
+    .expect("metric registration"),
+    start_time: register_gauge!(
+        "rtmp_proxy_start_time_seconds",
+        "Unix time the process started."
+    )
+    .expect("metric registration"),
+    build_info: register_int_gauge_vec!(
+        "rtmp_proxy_build_info",
+        "Always 1; the labels say which build runs.",
+        &["version"]
+    )
+    .expect("metric registration"),
 });
+
+/// Registers the process-level metrics; call once at start-up.
+pub fn init() {
+    let m = get();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    m.start_time.set(now);
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    // CPU, memory and file descriptors of this process. Fails only when
+    // registered twice.
+    let _ = prometheus::register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+}
 
 pub fn get() -> &'static Metrics {
     &METRICS
@@ -83,9 +179,27 @@ impl Metrics {
     }
 }
 
-/// The default registry in Prometheus' text format.
-pub fn render() -> Vec<u8> {
-    LazyLock::force(&METRICS);
+/// The default registry in Prometheus' text format, with the slot table's
+/// gauges read at this moment.
+pub fn render(table: &SlotTable) -> Vec<u8> {
+    let m = get();
+    m.backend_active.reset();
+    m.backend_max.reset();
+    m.backend_healthy.reset();
+    for b in table.snapshot() {
+        let addr = b.addr.to_string();
+        let label = [addr.as_str()];
+        m.backend_active
+            .with_label_values(&label)
+            .set(b.active as i64);
+        m.backend_max
+            .with_label_values(&label)
+            .set(b.max_connections as i64);
+        m.backend_healthy
+            .with_label_values(&label)
+            .set(i64::from(b.healthy && b.present));
+    }
+    m.queue_length.set(table.queued() as i64);
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail on I/O; a malformed family would be
     // a bug in this file, and an empty answer is then the honest one.

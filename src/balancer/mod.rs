@@ -11,6 +11,7 @@
 //! the head of the wait queue at once.
 
 pub mod policy;
+pub mod redis;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -33,6 +34,16 @@ pub struct Member {
     pub max_connections: usize,
     /// `static`, or the discovery source's id for it (a Cloud Map instance id).
     pub source: String,
+    /// The ECS task behind it, when discovery knows (Cloud Map instances
+    /// registered by ECS service discovery): for scale-in protection.
+    pub task: Option<TaskRef>,
+}
+
+/// An ECS task: its id and, when known, its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    pub id: String,
+    pub cluster: Option<String>,
 }
 
 /// One backend as the table tracks it.
@@ -42,6 +53,8 @@ struct Backend {
     active: usize,
     /// Of `active`, slots held by the previous process of an upgrade.
     inherited: usize,
+    /// Slots other proxies hold on it (fleet-wide store only).
+    remote: usize,
     healthy: bool,
     /// Still in the latest discovery answer. A backend that left keeps its
     /// live connections (and their slots) until they end.
@@ -50,7 +63,12 @@ struct Backend {
 
 impl Backend {
     fn has_free_slot(&self) -> bool {
-        self.member.max_connections == 0 || self.active < self.member.max_connections
+        self.member.max_connections == 0 || self.load() < self.member.max_connections
+    }
+
+    /// This process's slots plus other proxies'.
+    fn load(&self) -> usize {
+        self.active + self.remote
     }
 }
 
@@ -64,6 +82,8 @@ pub struct BackendView {
     /// Of `active`, streams still running on the previous process of a
     /// binary upgrade.
     pub inherited: usize,
+    /// Slots other proxies hold on it (Redis slot store).
+    pub remote: usize,
     pub healthy: bool,
     /// False once discovery has dropped it; it stays listed while it still
     /// holds connections.
@@ -169,6 +189,17 @@ impl SlotTable {
     /// Dropping the returned future (the client left) removes its place in
     /// the queue.
     pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Slot, Rejection> {
+        self.acquire_at(wait, false).await
+    }
+
+    /// Like [`SlotTable::acquire`] for a client that lost its slot to
+    /// another proxy (Redis store) after waiting its turn: it goes back to
+    /// the head of the queue, whatever the queue's length.
+    pub async fn acquire_again(self: &Arc<Self>, wait: Duration) -> Result<Slot, Rejection> {
+        self.acquire_at(wait, true).await
+    }
+
+    async fn acquire_at(self: &Arc<Self>, wait: Duration, head: bool) -> Result<Slot, Rejection> {
         let (id, mut granted) = {
             let mut inner = self.lock();
             if inner.frozen {
@@ -179,13 +210,18 @@ impl SlotTable {
                     return Ok(Slot::new(self, addr));
                 }
             }
-            if inner.queue.len() >= self.limits.max_queue {
+            if !head && inner.queue.len() >= self.limits.max_queue {
                 return Err(Rejection::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
             let id = inner.next_waiter;
             inner.next_waiter += 1;
-            inner.queue.push_back(Waiter { id, grant: tx });
+            let waiter = Waiter { id, grant: tx };
+            if head {
+                inner.queue.push_front(waiter);
+            } else {
+                inner.queue.push_back(waiter);
+            }
             (id, rx)
         };
         // A slot may have come free between the failed take and queueing.
@@ -238,6 +274,7 @@ impl SlotTable {
                             member: m.clone(),
                             active: 0,
                             inherited: 0,
+                            remote: 0,
                             // As in Pingora: new backends start healthy and
                             // the first check or failed connect says otherwise.
                             healthy: true,
@@ -315,6 +352,7 @@ impl SlotTable {
                 max_connections: b.member.max_connections,
                 active: b.active,
                 inherited: b.inherited,
+                remote: b.remote,
                 healthy: b.healthy,
                 present: b.present,
                 source: b.member.source.clone(),
@@ -369,9 +407,11 @@ impl SlotTable {
                         weight: 1,
                         max_connections: 0,
                         source: "inherited".into(),
+                        task: None,
                     },
                     active: 0,
                     inherited: 0,
+                    remote: 0,
                     healthy: true,
                     present: false,
                 });
@@ -410,6 +450,44 @@ impl SlotTable {
         };
         self.dispatch();
         freed
+    }
+
+    /// Sets how many slots other proxies hold on each backend; frees the
+    /// queue if that made room.
+    pub fn set_remote(&self, counts: &[(SocketAddr, usize)]) {
+        let mut freed = false;
+        {
+            let mut inner = self.lock();
+            for &(addr, n) in counts {
+                if let Some(b) = inner.backends.iter_mut().find(|b| b.member.addr == addr) {
+                    freed |= n < b.remote;
+                    b.remote = n;
+                }
+            }
+        }
+        if freed {
+            self.dispatch();
+        }
+    }
+
+    /// Another proxy took the last slot of `addr` before us: count it full
+    /// until the next refresh says otherwise.
+    pub fn mark_remote_full(&self, addr: SocketAddr) {
+        let mut inner = self.lock();
+        if let Some(b) = inner.backends.iter_mut().find(|b| b.member.addr == addr) {
+            b.remote = b
+                .remote
+                .max(b.member.max_connections.saturating_sub(b.active));
+        }
+    }
+
+    /// The cap of `addr` (0 = unlimited).
+    pub fn max_connections(&self, addr: SocketAddr) -> usize {
+        self.lock()
+            .backends
+            .iter()
+            .find(|b| b.member.addr == addr)
+            .map_or(0, |b| b.member.max_connections)
     }
 
     /// Slots held by the previous process of an upgrade.
@@ -485,7 +563,7 @@ impl Inner {
                 Candidate {
                     addr: b.member.addr,
                     weight: b.member.weight,
-                    active: b.active,
+                    active: b.load(),
                 }
             })
             .collect();
@@ -553,6 +631,7 @@ mod tests {
             weight: 10,
             max_connections: max,
             source: "static".into(),
+            task: None,
         }
     }
 

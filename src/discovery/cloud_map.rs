@@ -495,6 +495,11 @@ impl CloudMapDiscovery {
                 .max_connections
                 .unwrap_or(self.settings.max_connections),
             source: instance.id.clone(),
+            // ECS service discovery registers each task under its task id.
+            task: Some(crate::balancer::TaskRef {
+                id: instance.id.clone(),
+                cluster: instance.cluster.clone(),
+            }),
         }
     }
 

@@ -20,6 +20,7 @@ pub mod cloud_map;
 
 use crate::balancer::{Member, SlotTable};
 use crate::config::StaticBackend;
+use crate::metrics;
 
 /// Position of a backend within its source, for `first` balancing: config
 /// order for static backends. Backends without one sort by address.
@@ -56,6 +57,7 @@ impl StaticDiscovery {
                     weight: b.weight,
                     max_connections: b.max_connections,
                     source: "static".into(),
+                    task: None,
                 };
                 backend(member, Some(Order(i)))
             })
@@ -76,14 +78,15 @@ impl ServiceDiscovery for StaticDiscovery {
 /// it never answered), so a Cloud Map outage at start-up does not hold back
 /// the static backends.
 pub struct Fleet {
-    sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>>,
+    /// Each source with its name for metrics.
+    sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)>,
     last_good: std::sync::Mutex<Vec<Option<BTreeSet<Backend>>>>,
     table: Arc<SlotTable>,
 }
 
 impl Fleet {
     pub fn new(
-        sources: Vec<Box<dyn ServiceDiscovery + Send + Sync>>,
+        sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)>,
         table: Arc<SlotTable>,
     ) -> Self {
         let last_good = std::sync::Mutex::new(vec![None; sources.len()]);
@@ -99,9 +102,19 @@ impl Fleet {
 impl ServiceDiscovery for Fleet {
     async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         let mut answers = Vec::with_capacity(self.sources.len());
-        for source in &self.sources {
+        let m = metrics::get();
+        for (name, source) in &self.sources {
             // Sources log their own failures.
-            answers.push(source.discover().await.ok().map(|(found, _)| found));
+            let answer = source.discover().await.ok().map(|(found, _)| found);
+            let result = if answer.is_some() { "ok" } else { "error" };
+            m.discovery.with_label_values(&[name, result]).inc();
+            if answer.is_some() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                m.discovery_last_success.with_label_values(&[name]).set(now);
+            }
+            answers.push(answer);
         }
         let all_fresh = answers.iter().all(Option::is_some);
         let sets = {

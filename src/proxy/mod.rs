@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use log::{debug, info, warn};
+use log::{info, warn};
 use pingora_core::apps::ServerApp;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -29,6 +29,7 @@ use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::balancer::redis::{Lease, LeaseOutcome, SharedSlots};
 use crate::balancer::{Rejection, Slot, SlotTable};
 use crate::config::ProxyConfig;
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
@@ -70,6 +71,8 @@ pub struct Proxy {
     settings: Settings,
     lifecycle: Arc<Lifecycle>,
     handoff: Arc<Handoff>,
+    /// Fleet-wide slots, when `proxy.slots.store` is `redis`.
+    shared: Option<Arc<SharedSlots>>,
     rtmp: rtmp::Rtmp,
 }
 
@@ -79,6 +82,7 @@ impl Proxy {
         settings: Settings,
         lifecycle: Arc<Lifecycle>,
         handoff: Arc<Handoff>,
+        shared: Option<Arc<SharedSlots>>,
         rtmp: rtmp::Rtmp,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -87,6 +91,7 @@ impl Proxy {
             settings,
             lifecycle,
             handoff,
+            shared,
             rtmp,
         })
     }
@@ -103,34 +108,66 @@ impl Proxy {
         }
     }
 
+    /// With a Redis slot store, the fleet-wide lease for a local slot;
+    /// `None` when other proxies hold the backend's last slot.
+    async fn lease(&self, slot: Slot) -> Option<Taken> {
+        let Some(shared) = &self.shared else {
+            return Some(Taken { slot, lease: None });
+        };
+        let addr = slot.addr();
+        match shared.lease(addr, self.table.max_connections(addr)).await {
+            LeaseOutcome::Granted(lease) => Some(Taken {
+                slot,
+                lease: Some(lease),
+            }),
+            LeaseOutcome::Full => {
+                self.table.mark_remote_full(addr);
+                None
+            }
+        }
+    }
+
     /// Connects to the slot's backend and sends it `opening` (see
     /// [`rtmp::Opening`]); on failure marks it down and tries the other
     /// eligible backends once each. Returns the backend's first bytes, if
     /// the opening waited for them.
     async fn connect(
         &self,
-        mut slot: Slot,
+        mut taken: Taken,
         client: &str,
         opening: &rtmp::Opening<'_>,
-    ) -> Result<(Slot, Stream, Vec<u8>), String> {
+    ) -> Result<(Taken, Stream, Vec<u8>), String> {
         let mut tried = Vec::new();
         loop {
-            let addr = slot.addr();
+            let addr = taken.slot.addr();
             tried.push(addr);
-            let why = match self.connector.new_stream(&self.peer(addr)).await {
+            let started = std::time::Instant::now();
+            let connected = self.connector.new_stream(&self.peer(addr)).await;
+            metrics::get()
+                .connect_time
+                .observe(started.elapsed().as_secs_f64());
+            let why = match connected {
                 Ok(mut stream) => match opening.send(&mut stream).await {
-                    Ok(first) => return Ok((slot, stream, first)),
+                    Ok(first) => return Ok((taken, stream, first)),
                     // `stream` is closed here, before its slot is freed.
                     Err(e) => e,
                 },
-                Err(e) => format!("connect failed: {e}"),
+                // Pingora's own text repeats the whole peer definition.
+                Err(e) => format!("connect failed: {}", e.root_cause()),
             };
             warn!("{client}: backend {addr} {why}; trying another");
             self.table.set_health(addr, false, &why);
-            drop(slot);
-            slot = self.table.try_acquire_excluding(&tried).ok_or_else(|| {
-                format!("no backend accepted the connection (tried {})", tried.len())
-            })?;
+            taken.release().await;
+            taken = loop {
+                let slot = self.table.try_acquire_excluding(&tried).ok_or_else(|| {
+                    format!("no backend accepted the connection (tried {})", tried.len())
+                })?;
+                let addr = slot.addr();
+                match self.lease(slot).await {
+                    Some(t) => break t,
+                    None => tried.push(addr),
+                }
+            };
         }
     }
 
@@ -146,22 +183,44 @@ impl Proxy {
             return;
         }
 
-        // Step 1: a slot, watching the client while it waits.
-        let taken = tokio::select! {
-            // A free slot wins over a client that has already half-closed.
-            biased;
-            taken = self.table.acquire(self.settings.queue_timeout) => taken,
-            () = watch_queued_client(&mut client, &mut pending) => {
-                reject(client_addr, "client_left", "client closed while queued");
-                return;
+        // Step 1: a slot (and with a Redis store its fleet-wide lease),
+        // watching the client while it waits.
+        let queued_at = std::time::Instant::now();
+        let deadline = queued_at + self.settings.queue_timeout;
+        let mut lost_race = false;
+        let taken = loop {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let slot = tokio::select! {
+                // A free slot wins over a client that has already half-closed.
+                biased;
+                slot = async {
+                    if lost_race {
+                        self.table.acquire_again(wait).await
+                    } else {
+                        self.table.acquire(wait).await
+                    }
+                } => slot,
+                () = watch_queued_client(&mut client, &mut pending) => {
+                    reject(client_addr, "client_left", "client closed while queued");
+                    return;
+                }
+            };
+            match slot {
+                Ok(slot) => match self.lease(slot).await {
+                    Some(taken) => break Ok(taken),
+                    // Another proxy took it first: wait again, at the head.
+                    None => lost_race = true,
+                },
+                Err(e) => break Err(e),
             }
         };
-        let slot = match taken {
-            Ok(slot) => slot,
+        m.queue_wait.observe(queued_at.elapsed().as_secs_f64());
+        let taken = match taken {
+            Ok(taken) => taken,
             Err(Rejection::HandedOff) => {
                 // An upgrade is under way: the new process serves it.
                 match self.handoff.forward(client, client_addr, pending) {
-                    Ok(()) => debug!("{client_addr}: passed to the new process"),
+                    Ok(()) => info!("{client_addr}: passed to the new process (upgrade)"),
                     Err(_) => reject(
                         client_addr,
                         "handed_off",
@@ -178,7 +237,7 @@ impl Proxy {
 
         // Step 2: a backend connection, sent what the client sent so far.
         let opening = self.rtmp.opening(&client, client_addr, &pending);
-        let (slot, mut backend, first) = match self.connect(slot, client_addr, &opening).await {
+        let (taken, mut backend, first) = match self.connect(taken, client_addr, &opening).await {
             Ok(opened) => opened,
             Err(why) => {
                 reject(client_addr, "connect_failed", &why);
@@ -186,7 +245,7 @@ impl Proxy {
             }
         };
         m.served.inc();
-        let backend_addr = slot.addr();
+        let backend_addr = taken.slot.addr();
 
         // Step 3: bytes both ways.
         let flow = Arc::new(Flow::new(m.byte_counters()));
@@ -203,7 +262,7 @@ impl Proxy {
         // Step 4: close the backend side, then free the slot.
         close_backend(&mut backend).await;
         drop(backend);
-        drop(slot);
+        taken.release().await;
 
         m.closed.with_label_values(&[end.reason()]).inc();
         let mut detail = match &end {
@@ -220,6 +279,23 @@ impl Proxy {
             flow.duration(),
             end.reason(),
         );
+    }
+}
+
+/// A backend slot and, with a Redis store, its fleet-wide lease.
+struct Taken {
+    slot: Slot,
+    lease: Option<Lease>,
+}
+
+impl Taken {
+    /// The lease goes first: the local queue, served when the slot frees,
+    /// must find the backend free in Redis too.
+    async fn release(self) {
+        if let Some(lease) = self.lease {
+            lease.release().await;
+        }
+        drop(self.slot);
     }
 }
 

@@ -49,7 +49,8 @@ pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
 /// A running proxy process, killed on drop.
 pub struct Proxy {
     child: Child,
-    pub dir: tempfile::TempDir,
+    /// Shared by the processes of an upgrade.
+    pub dir: Arc<tempfile::TempDir>,
     pub listen: SocketAddr,
     pub health: SocketAddr,
     pub admin: SocketAddr,
@@ -66,7 +67,12 @@ impl Proxy {
 
     /// Like [`Proxy::start`], with extra environment variables.
     pub async fn start_with_env(extra: &str, env: &[(&str, String)]) -> Proxy {
-        let proxy = Self::spawn(extra, env);
+        Self::start_full("", extra, env).await
+    }
+
+    /// Like [`Proxy::start`], with top-level (Pingora) YAML lines too.
+    pub async fn start_full(top: &str, extra: &str, env: &[(&str, String)]) -> Proxy {
+        let proxy = Self::spawn_full(top, extra, env);
         // Not probed through the proxy port: a probe would be a client.
         let (admin, health) = (proxy.admin, proxy.health);
         let up = wait_until(Duration::from_secs(20), || {
@@ -80,12 +86,16 @@ impl Proxy {
 
     /// Writes the config and starts the process without waiting.
     pub fn spawn(extra: &str, env: &[(&str, String)]) -> Proxy {
+        Self::spawn_full("", extra, env)
+    }
+
+    fn spawn_full(top: &str, extra: &str, env: &[(&str, String)]) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let conf = format!(
-            "---\nversion: 1\nthreads: 2\npid_file: {d}/proxy.pid\nupgrade_sock: {d}/upgrade.sock\n\
+            "---\nversion: 1\nthreads: 2\npid_file: {d}/proxy.pid\nupgrade_sock: {d}/upgrade.sock\n{top}\
              proxy:\n  listen: \"{listen}\"\n  health_listen: \"{health}\"\n  admin_listen: \"{admin}\"\n{extra}",
             d = dir.path().display()
         );
@@ -95,7 +105,7 @@ impl Proxy {
         let child = spawn_binary(&["-c", conf_path.to_str().unwrap()], &log, env);
         Proxy {
             child,
-            dir,
+            dir: Arc::new(dir),
             listen,
             health,
             admin,
@@ -109,6 +119,78 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {}", self.pid());
+    }
+
+    /// The exit code once the process has exited within `limit`, else None.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status.code().unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// A binary upgrade as an operator does it: starts a new process with
+    /// `-u` and the same config, waits until it listens on `upgrade_sock`,
+    /// then sends SIGQUIT to this one. Returns the new process once it has
+    /// the sockets and this one has stopped accepting.
+    pub async fn upgrade(&self) -> Proxy {
+        let n = UPGRADES.fetch_add(1, Ordering::SeqCst);
+        let log = self.dir.path().join(format!("proxy-upgrade-{n}.log"));
+        let conf = self.dir.path().join("proxy.yaml");
+        let child = spawn_binary(&["-u", "-c", conf.to_str().unwrap()], &log, &[]);
+        let new = Proxy {
+            child,
+            dir: self.dir.clone(),
+            listen: self.listen,
+            health: self.health,
+            admin: self.admin,
+            log,
+        };
+        let sock = self.dir.path().join("upgrade.sock");
+        let waiting = wait_until(Duration::from_secs(10), || unix_listener_exists(&sock)).await;
+        assert!(
+            waiting,
+            "new process never listened on {}:\n{}",
+            sock.display(),
+            new.log_text()
+        );
+        self.signal("QUIT");
+        let pid_file = self.dir.path().join("proxy.pid");
+        let new_pid = new.pid().to_string();
+        let serving = wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == new_pid)
+        })
+        .await;
+        assert!(
+            serving,
+            "new process did not take over:\n{}",
+            new.log_text()
+        );
+        // Both accept on the shared sockets for a few seconds; wait until
+        // only the new one does, so the admin port answers for it.
+        let closed = wait_until(Duration::from_secs(20), || {
+            self.log_text().contains("listeners closed")
+        })
+        .await;
+        assert!(
+            closed,
+            "old process never closed its listeners:\n{}",
+            self.log_text()
+        );
+        new
     }
 
     /// `/backends` as JSON.
@@ -166,6 +248,20 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+static UPGRADES: AtomicUsize = AtomicUsize::new(0);
+
+/// True when a process listens on the Unix socket at `path`.
+pub fn unix_listener_exists(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let want = path.to_string_lossy();
+    table.lines().any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.len() >= 8
+            && cols[7] == want
+            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & 0x1_0000 != 0)
+    })
 }
 
 /// Runs the binary with `args`, stdout and stderr to `log`.

@@ -1,0 +1,137 @@
+//! The access log: one JSON line per client connection when it ends (served
+//! or not), and a progress line every `access_log_interval` while a long
+//! stream runs, so an hours-long publish is visible before it ends.
+//!
+//! Lines go to stderr or to a file (`proxy.access_log`), apart from the
+//! program's own log. Stream keys appear only redacted; the most recent
+//! rejections are also kept in memory for the stats page.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use log::warn;
+use serde::Serialize;
+
+/// How many rejections `/status` lists.
+const RECENT: usize = 20;
+
+/// One line. Absent fields are `null`, so every line has the same keys.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Record {
+    /// RFC 3339, milliseconds.
+    pub time: String,
+    /// `end` (the connection closed), `progress` (still running) or
+    /// `rejected` (closed without reaching a backend).
+    pub event: &'static str,
+    pub client: String,
+    pub backend: Option<String>,
+    pub app: Option<String>,
+    /// Redacted.
+    pub key: Option<String>,
+    pub role: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    pub queue_wait_ms: u64,
+    /// Why it ended (`client_closed`, `backend_closed`, `idle_timeout`,
+    /// `queue_timeout`, `queue_full`, `connect_failed`, `shutdown_cut`, ...);
+    /// `null` on progress lines.
+    pub reason: Option<&'static str>,
+}
+
+pub struct AccessLog {
+    sink: Mutex<Box<dyn Write + Send>>,
+    /// Time between progress lines of one connection.
+    pub interval: Duration,
+    recent: Mutex<VecDeque<Record>>,
+}
+
+impl AccessLog {
+    /// `target`: `stderr`, `off`, or a file path (appended to).
+    pub fn open(target: &str, interval: Duration) -> Result<Self, String> {
+        let sink: Box<dyn Write + Send> = match target {
+            "stderr" => Box::new(std::io::stderr()),
+            "off" => Box::new(std::io::sink()),
+            path => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("proxy.access_log: cannot open {path:?}: {e}"))?,
+            ),
+        };
+        Ok(Self {
+            sink: Mutex::new(sink),
+            interval,
+            recent: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    pub fn write(&self, mut record: Record) {
+        record.time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        if record.event == "rejected" {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(record.clone());
+        }
+        let line = match serde_json::to_string(&record) {
+            Ok(line) => line,
+            Err(e) => {
+                warn!("cannot encode an access log line: {e}");
+                return;
+            }
+        };
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        // One write per line, so lines from concurrent connections never
+        // interleave; a failing sink must not stop the proxy.
+        if let Err(e) = sink.write_all(format!("{line}\n").as_bytes()) {
+            warn!("cannot write the access log: {e}");
+        }
+    }
+
+    /// The last rejections, oldest first.
+    pub fn recent_rejections(&self) -> Vec<Record> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_json_with_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(path.to_str().unwrap(), Duration::from_secs(60)).unwrap();
+        log.write(Record {
+            event: "rejected",
+            client: "127.0.0.1:1".into(),
+            reason: Some("queue_full"),
+            ..Default::default()
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["reason"], "queue_full");
+        assert!(v["key"].is_null() && v["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(log.recent_rejections().len(), 1);
+    }
+
+    #[test]
+    fn a_bad_path_is_a_clear_error() {
+        let e = AccessLog::open("/nonexistent/dir/access.log", Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(e.starts_with("proxy.access_log: cannot open"), "{e}");
+    }
+}
