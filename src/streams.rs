@@ -215,6 +215,13 @@ impl Registration {
         self.handle.clone()
     }
 
+    /// The entry as `/streams` shows it (app, redacted key, role...), e.g.
+    /// for an access log record.
+    pub fn view(&self) -> Option<StreamView> {
+        let inner = self.handle.dir.lock();
+        inner.entries.get(&self.handle.id).map(Entry::view)
+    }
+
     /// What the connection's log line says about the stream: role, app
     /// and redacted key, or why it is unknown.
     pub fn describe(&self) -> String {
@@ -308,6 +315,7 @@ mod tests {
         assert_eq!(list[0].app.as_deref(), Some("live?…"));
         assert_eq!(list[0].role.as_deref(), Some("publish"));
         assert_eq!(p.describe(), "publish live?…/secr…");
+        assert_eq!(p.view().unwrap().key.as_deref(), Some("secr…"));
 
         // The publisher wins over an older or newer player.
         assert_eq!(dir.find("live", "secretkey123").unwrap().backend, backend);
