@@ -406,6 +406,58 @@ async fn proxy_headers_carry_the_client_address() {
     }
 }
 
+/// A client still in the handshake gate when an upgrade starts finishes
+/// its handshake with the old process, which passes it (and its C0+C1) to
+/// the new one: the new process still sends the client's own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_passed_on_by_an_upgrade_keeps_its_address_in_the_proxy_header() {
+    let (backend, mut seen) = proxy_header_backend().await;
+    let old = Proxy::start(&format!(
+        "  send_proxy: v2\n  handshake_timeout: 60s\n  health_check:\n    interval: 60s\n{}",
+        statics(&[format!("      - addr: \"{backend}\"\n")])
+    ))
+    .await;
+    let mut client = loop {
+        // Retried while the proxy port is not bound yet.
+        match socket_connect(old.listen).await {
+            Some(s) => break s,
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let me = client.local_addr().unwrap();
+    let hello = c0c1(3, 7);
+    client.write_all(&hello[..100]).await.unwrap();
+
+    let new = old.upgrade().await;
+    client.write_all(&hello[100..]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("nothing proxied:\n{}\n{}", old.log_text(), new.log_text()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((got.source, got.destination), (me, old.listen));
+    assert_eq!(got.c0c1, hello);
+    let mut reply = vec![0u8; C0C1_LEN];
+    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut reply))
+        .await
+        .expect("no answer through the new process")
+        .unwrap();
+    assert!(
+        old.log_text()
+            .contains(&format!("{me}: passed to the new process")),
+        "the old process served the client itself:\n{}",
+        old.log_text()
+    );
+}
+
+/// Connects from 127.0.0.2; `None` while the port refuses.
+async fn socket_connect(to: SocketAddr) -> Option<TcpStream> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    socket.connect(to).await.ok()
+}
+
 /// Acceptance 4, end to end: nginx-rtmp with `listen ... proxy_protocol`
 /// takes a publish through `send_proxy: v1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

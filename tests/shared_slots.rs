@@ -65,6 +65,7 @@ impl Drop for Redis {
 
 fn config(redis: &Redis, backends: &[&Backend], extra: &str) -> String {
     let lines: Vec<String> = backends.iter().map(|b| b.yaml(10, 1)).collect();
+    // RAW_TCP: these clients send no RTMP.
     format!(
         "{RAW_TCP}  queue_timeout: 30s\n  health_check:\n    interval: 60s\n    timeout: 10s\n  slots:\n    store: redis\n    url: \"{}\"\n    lease: 3s\n{extra}  backends:\n    static:\n{}",
         redis.url(),
