@@ -37,6 +37,7 @@ use crate::http::{Admin, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics;
+use crate::protection::Protection;
 use crate::proxy::{Forwarded, Proxy, ProxyApp, Settings};
 
 /// Command line: Pingora's own flags (`-c`, `-u`, `-d`, `-t`) and ours.
@@ -131,6 +132,16 @@ pub fn run(cli: Cli) -> Result<(), String> {
         )?),
         _ => None,
     };
+    let protection = if proxy.scale_in_protection.enabled {
+        Some(Protection::start(
+            &proxy,
+            table.clone(),
+            lifecycle.clone(),
+            shared.clone(),
+        )?)
+    } else {
+        None
+    };
     compose(
         &mut server,
         &proxy,
@@ -139,6 +150,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         handoff.clone(),
         forward_rx,
         shared,
+        protection,
     );
     info!(
         "rtmp-proxy {} listening on {} (health {}, admin {})",
@@ -178,6 +190,9 @@ fn probe_listen(key: &str, addr: &str) -> Result<(), String> {
 }
 
 /// Adds every service to the server.
+// The composition root: each argument is what one service depends on, and
+// a struct bundling them would only move the list.
+#[allow(clippy::too_many_arguments)]
 fn compose(
     server: &mut Server,
     proxy: &ProxyConfig,
@@ -186,6 +201,7 @@ fn compose(
     handoff: Arc<Handoff>,
     forwarded: UnboundedReceiver<ForwardedClient>,
     shared: Option<Arc<SharedSlots>>,
+    protection: Option<Arc<Protection>>,
 ) {
     let mut sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)> = vec![(
         "static",
@@ -238,7 +254,7 @@ fn compose(
 
     let mut admin = Service::new(
         "admin".to_string(),
-        HttpServer::new_app(Admin::new(table, shared.clone())),
+        HttpServer::new_app(Admin::new(table, shared.clone()).with_protection(protection)),
     );
     admin.add_tcp(&proxy.admin_listen);
     admin.threads = Some(1);

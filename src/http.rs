@@ -16,6 +16,7 @@ use crate::balancer::redis::SharedSlots;
 use crate::balancer::{BackendView, SlotTable};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics;
+use crate::protection::Protection;
 
 /// `GET /health` on `proxy.health_listen`.
 pub struct Health {
@@ -56,11 +57,22 @@ impl ServeHttp for Health {
 pub struct Admin {
     table: Arc<SlotTable>,
     shared: Option<Arc<SharedSlots>>,
+    protection: Option<Arc<Protection>>,
 }
 
 impl Admin {
     pub fn new(table: Arc<SlotTable>, shared: Option<Arc<SharedSlots>>) -> Self {
-        Self { table, shared }
+        Self {
+            table,
+            shared,
+            protection: None,
+        }
+    }
+
+    /// Shows each backend's ECS scale-in protection.
+    pub fn with_protection(mut self, protection: Option<Arc<Protection>>) -> Self {
+        self.protection = protection;
+        self
     }
 
     fn slot_store(&self) -> &'static str {
@@ -83,6 +95,10 @@ struct BackendEntry {
     /// Where slots are counted: `local`, `redis`, or `redis (degraded)`
     /// while Redis is unreachable (same in every element).
     slot_store: &'static str,
+    /// Its ECS task is scale-in protected, as this proxy last set it.
+    protected: bool,
+    /// Until when (RFC 3339), or null.
+    protected_until: Option<String>,
 }
 
 #[async_trait]
@@ -100,10 +116,20 @@ impl ServeHttp for Admin {
                     .table
                     .snapshot()
                     .into_iter()
-                    .map(|backend| BackendEntry {
-                        backend,
-                        queued,
-                        slot_store,
+                    .map(|backend| {
+                        let until = self
+                            .protection
+                            .as_ref()
+                            .zip(backend.task.as_ref())
+                            .and_then(|(p, task)| p.protected_until(task));
+                        BackendEntry {
+                            backend,
+                            queued,
+                            slot_store,
+                            protected: until.is_some(),
+                            protected_until: until
+                                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                        }
                     })
                     .collect();
                 json(&entries)
