@@ -58,14 +58,18 @@ fn config(f: &Fleet, slots: &str, protection: &str) -> String {
         format!("    endpoint: {}\n", f.ecs.endpoint())
     };
     let protection = protection.replace("    endpoint: none\n", "");
+    let release_after = if protection.contains("release_after:") {
+        String::new()
+    } else {
+        format!("    release_after: {}s\n", RELEASE_AFTER.as_secs())
+    };
     format!(
         "  health_check:\n    interval: 60s\n  backends:\n    cloud_map:\n      namespace: {}\n      service: {}\n      \
          region: us-east-1\n      endpoint: {}\n      refresh: 500ms\n{slots}  scale_in_protection:\n    enabled: true\n{endpoint}    \
-         expires: 1m\n    release_after: {}s\n{protection}",
+         expires: 1m\n{release_after}{protection}",
         f.svc.namespace,
         f.svc.service,
         f.moto.endpoint(),
-        RELEASE_AFTER.as_secs(),
     )
 }
 
@@ -77,7 +81,8 @@ fn redis_slots(redis: &Redis) -> String {
 }
 
 async fn wait_present(proxy: &Proxy, addrs: &[SocketAddr]) {
-    for _ in 0..200 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
         let list = proxy.backends().await;
         let all = addrs.iter().all(|a| {
             list.iter()
@@ -267,6 +272,70 @@ async fn another_proxys_stream_holds_the_release() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_proxy_releases_idle_servers_before_it_exits() {
+    let redis = Redis::start();
+    let f = fleet().await;
+    let a = Backend::start("a", Mode::TaggedEcho).await;
+    let b = Backend::start("b", Mode::TaggedEcho).await;
+    register_task(&f.svc, "task-a", &a, 1).await;
+    register_task(&f.svc, "task-b", &b, 1).await;
+    // release_after longer than the test: only the exit releases.
+    let conf = config(
+        &f,
+        &format!("  drain_delay: 500ms\n{}", redis_slots(&redis)),
+        "    release_after: 60s\n",
+    );
+    let mut p1 = Proxy::start_with_env(&conf, &f.moto.child_env()).await;
+    let p2 = Proxy::start_with_env(&conf, &f.moto.child_env()).await;
+    wait_present(&p1, &[a.addr, b.addr]).await;
+    wait_present(&p2, &[a.addr, b.addr]).await;
+    let task = |tag: &str| format!("task-{tag}");
+
+    // p1 streams to both servers; then one of its streams ends and p2
+    // takes that server: p1 has protected it, p2 streams to it.
+    let (s1, x) = tag_of_new_client(&p1).await;
+    let (s2, y) = tag_of_new_client(&p1).await;
+    let (x, y) = (x.expect("served"), y.expect("served"));
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            f.ecs.is_protected(&task(&x)) && f.ecs.is_protected(&task(&y))
+        })
+        .await
+    );
+    drop(s2);
+    let mut s3 = client_on(&p2, &y).await;
+    // p2's lease is in Redis and p1 has read it.
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            http_get_blocking(p1.admin, "/backends").is_ok_and(|(_, body)| {
+                serde_json::from_str::<Vec<serde_json::Value>>(&body).is_ok_and(|l| {
+                    l.iter()
+                        .any(|e| e["source"] == task(&y) && e["remote"] == 1)
+                })
+            })
+        })
+        .await
+    );
+
+    // p1 drains and exits when its last stream ends: it releases the
+    // server nobody uses, not the one p2 streams to.
+    p1.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s1);
+    assert_eq!(p1.exited_within(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(
+        f.ecs.accepted(&task(&x), false).len(),
+        1,
+        "{:?}\n{}",
+        f.ecs.calls(),
+        p1.log_text()
+    );
+    assert!(f.ecs.accepted(&task(&y), false).is_empty());
+    assert!(f.ecs.is_protected(&task(&y)));
+    assert!(echoes(&mut s3).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_local_store_protection_is_left_to_expire() {
     let f = fleet().await;
     let a = Backend::start("a", Mode::TaggedEcho).await;
@@ -355,7 +424,8 @@ async fn api_failures_leave_streams_alone_and_are_logged_once() {
     assert!(
         wait_until(Duration::from_secs(15), || faulted(4)
             && f.ecs.is_protected("task-a")
-            && f.ecs.is_protected("task-b"))
+            && f.ecs.is_protected("task-b")
+            && proxy.log_text().contains("calls succeed again"))
         .await,
         "{:?}\n{}",
         f.ecs.calls(),

@@ -50,6 +50,8 @@ const BATCH: usize = 10;
 /// account-wide, so every call of the loop waits).
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Longest the exit waits for the last releases.
+const EXIT_RELEASE_LIMIT: Duration = Duration::from_secs(5);
 
 /// A media server's task, with its cluster resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,6 +63,14 @@ pub struct TaskKey {
 pub struct Protection {
     settings: ProtectionConfig,
     media: Mutex<Tracker<TaskKey>>,
+    table: Arc<SlotTable>,
+    /// Fleet-wide counts, without which no media server is released.
+    shared: Option<Arc<SharedSlots>>,
+    /// Region of the media servers' tasks, when configured.
+    region: Option<String>,
+    /// Built on the runtime at first use (the SDK's config loads async).
+    api: tokio::sync::OnceCell<EcsApi>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Protection {
@@ -86,35 +96,43 @@ impl Protection {
             .name("protection-rt".into())
             .spawn(move || runtime.block_on(std::future::pending::<()>()))
             .map_err(|e| format!("scale-in protection runtime thread: {e}"))?;
-        let me = Arc::new(Self {
-            media: Mutex::new(Tracker::new(timing(&settings))),
-            settings,
-        });
-        // The tasks live in the region of the Cloud Map namespace ECS
-        // registered them in.
-        let region = config
-            .backends
-            .cloud_map
-            .as_ref()
-            .and_then(|c| c.region.clone());
         let can_release = if shared.is_some() {
             "released when no proxy has a stream on them (Redis slot store)"
         } else {
             "never released, left to expire (local slot store: other proxies' streams are unknown)"
         };
+        let me = Arc::new(Self {
+            media: Mutex::new(Tracker::new(timing(&settings))),
+            settings,
+            table: table.clone(),
+            shared,
+            // The tasks live in the region of the Cloud Map namespace ECS
+            // registered them in.
+            region: config
+                .backends
+                .cloud_map
+                .as_ref()
+                .and_then(|c| c.region.clone()),
+            api: tokio::sync::OnceCell::new(),
+            runtime: handle.clone(),
+        });
         info!(
             "scale-in protection on: media servers protected for {} while they hold streams, renewed every {}, {can_release}",
             humantime::format_duration(me.settings.expires),
             humantime::format_duration(me.settings.renew_every()),
         );
-        handle.spawn(me.clone().media_loop(table.clone(), shared, region));
+        handle.spawn(me.clone().media_loop());
+        if me.shared.is_some() {
+            let exiting = me.clone();
+            lifecycle.before_exit(move || exiting.release_before_exit(EXIT_RELEASE_LIMIT));
+        }
         match agent {
             Some(agent) => {
                 info!(
                     "scale-in protection of this proxy's own task through the ECS agent at {}",
                     agent.url()
                 );
-                handle.spawn(me.clone().self_loop(agent, lifecycle, table));
+                handle.spawn(me.clone().self_loop(agent, lifecycle));
             }
             None => info!(
                 "{} is not set (not on ECS): this proxy's own task is not protected",
@@ -148,19 +166,20 @@ impl Protection {
         self.media().protected_until(&key, SystemTime::now())
     }
 
-    async fn media_loop(
-        self: Arc<Self>,
-        table: Arc<SlotTable>,
-        shared: Option<Arc<SharedSlots>>,
-        region: Option<String>,
-    ) {
-        let api = EcsApi::new(
-            self.settings.endpoint.as_deref(),
-            region.as_deref(),
-            CALL_TIMEOUT,
-        )
-        .await;
-        let minutes = self.settings.expires_in_minutes();
+    async fn api(&self) -> &EcsApi {
+        self.api
+            .get_or_init(|| {
+                EcsApi::new(
+                    self.settings.endpoint.as_deref(),
+                    self.region.as_deref(),
+                    CALL_TIMEOUT,
+                )
+            })
+            .await
+    }
+
+    async fn media_loop(self: Arc<Self>) {
+        self.api().await;
         let mut calls = Calls::new("media");
         let mut no_cluster = HashSet::new();
         let mut tick = tokio::time::interval(TICK);
@@ -170,76 +189,125 @@ impl Protection {
             if calls.backing_off() {
                 continue;
             }
-            // Freshness first: the snapshot read after it is at least as new.
-            let counts_read_at = shared.as_ref().and_then(|s| s.counts_read_at());
-            let can_release = shared.as_ref().is_some_and(|s| !s.degraded());
-            let mut loads: HashMap<TaskKey, Load> = HashMap::new();
-            for b in table.snapshot() {
-                let Some(task) = &b.task else { continue };
-                let Some(key) = self.key(task) else {
-                    if b.active > 0 && no_cluster.insert(task.id.clone()) {
-                        warn!(
-                            "scale-in protection: task {:?} ({}) has no ECS_CLUSTER_NAME attribute and \
-                             proxy.scale_in_protection.cluster is not set; it is not protected",
-                            task.id, b.addr
-                        );
-                    }
-                    continue;
-                };
-                let load = loads.entry(key).or_default();
-                load.local += b.active;
-                load.fleet += b.active + b.remote;
-            }
-            let round = Round {
-                now: Instant::now(),
-                wall: SystemTime::now(),
-                can_release,
-                counts_read_at,
-                release_now: false,
+            self.media_round(&mut calls, &mut no_cluster, None).await;
+        }
+    }
+
+    /// Reads the slot table, then makes the calls the tracker asks for.
+    /// `exiting`: the moment the drain ended, for the last round before
+    /// the exit, which releases idle servers without waiting
+    /// `release_after`.
+    async fn media_round(
+        &self,
+        calls: &mut Calls,
+        no_cluster: &mut HashSet<String>,
+        exiting: Option<Instant>,
+    ) {
+        let api = self.api().await;
+        let minutes = self.settings.expires_in_minutes();
+        // Freshness first: the snapshot read after it is at least as new.
+        let counts_read_at = self.shared.as_ref().and_then(|s| s.counts_read_at());
+        let can_release = self.shared.as_ref().is_some_and(|s| !s.degraded());
+        let mut loads: HashMap<TaskKey, Load> = HashMap::new();
+        for b in self.table.snapshot() {
+            let Some(task) = &b.task else { continue };
+            let Some(key) = self.key(task) else {
+                if b.active > 0 && no_cluster.insert(task.id.clone()) {
+                    warn!(
+                        "scale-in protection: task {:?} ({}) has no ECS_CLUSTER_NAME attribute and \
+                         proxy.scale_in_protection.cluster is not set; it is not protected",
+                        task.id, b.addr
+                    );
+                }
+                continue;
             };
-            let ops = self.media().plan(&loads, &round);
-            let mut batches: BTreeMap<(String, bool), Vec<String>> = BTreeMap::new();
-            for (key, op) in ops {
-                batches
-                    .entry((key.cluster, op == Op::Enable))
-                    .or_default()
-                    .push(key.id);
-            }
-            'calls: for ((cluster, enable), ids) in batches {
-                for chunk in ids.chunks(BATCH) {
-                    match api.update(&cluster, chunk, enable, minutes).await {
-                        Ok(answer) => {
-                            let outcome = if answer.failures.is_empty() {
-                                Outcome::Ok
-                            } else {
-                                Outcome::TaskFailure
-                            };
-                            calls.succeeded(outcome);
-                            self.apply(&cluster, chunk, enable, answer);
-                        }
-                        Err(e) => {
-                            if enable {
-                                let wall = SystemTime::now();
-                                let mut media = self.media();
-                                for id in chunk {
-                                    let key = TaskKey {
-                                        cluster: cluster.clone(),
-                                        id: id.clone(),
-                                    };
-                                    media.enable_unanswered(&key, wall);
-                                }
+            let load = loads.entry(key).or_default();
+            load.local += b.active;
+            load.fleet += b.active + b.remote;
+        }
+        let round = Round {
+            // At exit: every stream here had ended when the drain did.
+            now: exiting.unwrap_or_else(Instant::now),
+            wall: SystemTime::now(),
+            can_release,
+            counts_read_at,
+            release_now: false,
+            release_idle_now: exiting.is_some(),
+        };
+        let ops = self.media().plan(&loads, &round);
+        let mut batches: BTreeMap<(String, bool), Vec<String>> = BTreeMap::new();
+        for (key, op) in ops {
+            batches
+                .entry((key.cluster, op == Op::Enable))
+                .or_default()
+                .push(key.id);
+        }
+        for ((cluster, enable), ids) in batches {
+            for chunk in ids.chunks(BATCH) {
+                match api.update(&cluster, chunk, enable, minutes).await {
+                    Ok(answer) => {
+                        let outcome = if answer.failures.is_empty() {
+                            Outcome::Ok
+                        } else {
+                            Outcome::TaskFailure
+                        };
+                        calls.succeeded(outcome);
+                        self.apply(&cluster, chunk, enable, answer);
+                    }
+                    Err(e) => {
+                        if enable {
+                            let wall = SystemTime::now();
+                            let mut media = self.media();
+                            for id in chunk {
+                                let key = TaskKey {
+                                    cluster: cluster.clone(),
+                                    id: id.clone(),
+                                };
+                                media.enable_unanswered(&key, wall);
                             }
-                            calls.failed(&e);
-                            break 'calls;
                         }
+                        calls.failed(&e);
+                        return;
                     }
                 }
             }
-            let protected = self.media().protected_count(SystemTime::now());
-            metrics::get()
-                .protected_tasks
-                .with_label_values(&["media"])
-                .set(protected as i64);
+        }
+        let protected = self.media().protected_count(SystemTime::now());
+        metrics::get()
+            .protected_tasks
+            .with_label_values(&["media"])
+            .set(protected as i64);
+    }
+
+    /// Called on the drain thread just before the process exits: releases
+    /// the servers whose last stream (here and, per Redis, anywhere) has
+    /// ended, instead of leaving them protected until expiry because this
+    /// process is gone before `release_after`. Blocks at most `limit`.
+    fn release_before_exit(self: &Arc<Self>, limit: Duration) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let drained = Instant::now();
+        let me = self.clone();
+        let last = self.runtime.spawn(async move {
+            // Our last leases went with a release message, which makes
+            // every proxy (this one too) read the counts at once: wait for
+            // a read that began after the drain ended.
+            while shared.counts_read_at().is_none_or(|t| t < drained) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut calls = Calls::new("media");
+            me.media_round(&mut calls, &mut HashSet::new(), Some(drained))
+                .await;
+        });
+        let waited = self
+            .runtime
+            .block_on(async { tokio::time::timeout(limit, last).await });
+        if waited.is_err() {
+            warn!(
+                "scale-in protection: no release before exit within {}; servers stay protected until expiry",
+                humantime::format_duration(limit)
+            );
         }
     }
 
@@ -309,12 +377,7 @@ impl Protection {
         }
     }
 
-    async fn self_loop(
-        self: Arc<Self>,
-        agent: Agent,
-        lifecycle: Arc<Lifecycle>,
-        table: Arc<SlotTable>,
-    ) {
+    async fn self_loop(self: Arc<Self>, agent: Agent, lifecycle: Arc<Lifecycle>) {
         let minutes = self.settings.expires_in_minutes();
         let mut me: Tracker<()> = Tracker::new(timing(&self.settings));
         let mut calls = Calls::new("self");
@@ -335,7 +398,7 @@ impl Protection {
             }
             let now = Instant::now();
             // An upgraded process also holds its predecessor's streams.
-            let busy = lifecycle.sessions() + table.inherited();
+            let busy = lifecycle.sessions() + self.table.inherited();
             let loads = HashMap::from([(
                 (),
                 Load {
@@ -349,6 +412,7 @@ impl Protection {
                 can_release: true,
                 counts_read_at: Some(now),
                 release_now: phase == Phase::Draining,
+                release_idle_now: false,
             };
             for (_, op) in me.plan(&loads, &round) {
                 let enable = op == Op::Enable;

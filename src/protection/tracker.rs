@@ -49,6 +49,9 @@ pub struct Round {
     pub counts_read_at: Option<Instant>,
     /// Release everything that may be protected, now (draining).
     pub release_now: bool,
+    /// Release idle tasks without waiting `release_after` (the process is
+    /// about to exit and would not be there to do it).
+    pub release_idle_now: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,7 +145,8 @@ impl<K: Clone + Eq + Hash> Tracker<K> {
                     || (known.is_some()
                         && r.can_release
                         && confirmed
-                        && r.now.duration_since(since) >= self.timing.release_after)
+                        && (r.release_idle_now
+                            || r.now.duration_since(since) >= self.timing.release_after))
                 {
                     ops.push((k.clone(), Op::Disable));
                 } else if until <= r.wall {
@@ -258,6 +262,7 @@ mod tests {
                 can_release,
                 counts_read_at: read_at.map(|t| self.start + t * S),
                 release_now: false,
+                release_idle_now: false,
             }
         }
     }
@@ -430,6 +435,34 @@ mod tests {
                 .as_deref(),
             Some("TASK_NOT_VALID")
         );
+    }
+
+    #[test]
+    fn at_exit_idle_tasks_are_released_without_the_delay() {
+        let c = Clock::new();
+        let mut t = tracker();
+        step(
+            &mut t,
+            &HashMap::from([
+                ("t", Load { local: 1, fleet: 1 }),
+                ("u", Load { local: 1, fleet: 1 }),
+            ]),
+            &c.round(0, true, Some(0)),
+        );
+        let mut r = c.round(1, true, Some(1));
+        r.release_idle_now = true;
+        // "u" still has another proxy's stream.
+        let l = HashMap::from([
+            ("t", Load { local: 0, fleet: 0 }),
+            ("u", Load { local: 0, fleet: 1 }),
+        ]);
+        assert_eq!(t.plan(&l, &r), [("t", Op::Disable)]);
+        // Not without exact counts.
+        let mut r = c.round(1, false, Some(1));
+        r.release_idle_now = true;
+        let mut t2 = tracker();
+        step(&mut t2, &loads(1, 1), &c.round(0, true, Some(0)));
+        assert!(t2.plan(&loads(0, 0), &r).is_empty());
     }
 
     #[test]
