@@ -242,7 +242,7 @@ impl Protection {
                 .or_default()
                 .push(key.id);
         }
-        for ((cluster, enable), ids) in batches {
+        'calls: for ((cluster, enable), ids) in batches {
             for chunk in ids.chunks(BATCH) {
                 match api.update(&cluster, chunk, enable, minutes).await {
                     Ok(answer) => {
@@ -266,8 +266,10 @@ impl Protection {
                                 media.enable_unanswered(&key, wall);
                             }
                         }
+                        // Throttling and access denial are account-wide:
+                        // the rest waits for the backoff.
                         calls.failed(&e);
-                        return;
+                        break 'calls;
                     }
                 }
             }
