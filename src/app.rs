@@ -38,6 +38,7 @@ use crate::http::{Admin, AdminState, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics;
+use crate::protection::Protection;
 use crate::proxy::{rtmp::Rtmp, Forwarded, Proxy, ProxyApp, Settings};
 use crate::streams::Directory;
 
@@ -133,6 +134,16 @@ pub fn run(cli: Cli) -> Result<(), String> {
         )?),
         _ => None,
     };
+    let protection = if proxy.scale_in_protection.enabled {
+        Some(Protection::start(
+            &proxy,
+            table.clone(),
+            lifecycle.clone(),
+            shared.clone(),
+        )?)
+    } else {
+        None
+    };
     let access_log = Arc::new(AccessLog::open(
         &proxy.access_log,
         proxy.access_log_interval,
@@ -147,6 +158,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             forwarded: forward_rx,
             shared,
             access_log,
+            protection,
         },
     );
     info!(
@@ -194,6 +206,7 @@ struct Parts {
     forwarded: UnboundedReceiver<ForwardedClient>,
     shared: Option<Arc<SharedSlots>>,
     access_log: Arc<AccessLog>,
+    protection: Option<Arc<Protection>>,
 }
 
 /// Adds every service to the server.
@@ -205,6 +218,7 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
         forwarded,
         shared,
         access_log,
+        protection,
     } = parts;
     let mut sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)> = vec![(
         "static",
@@ -266,6 +280,7 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
             shared,
             lifecycle: lifecycle.clone(),
             access_log,
+            protection,
         })),
     );
     admin.add_tcp(&proxy.admin_listen);

@@ -107,6 +107,10 @@ pub struct ProxyConfig {
     /// Where backends come from.
     #[serde(default)]
     pub backends: BackendsConfig,
+    /// ECS task scale-in protection for the media servers holding live
+    /// streams and for this proxy's own task. Off by default.
+    #[serde(default)]
+    pub scale_in_protection: ProtectionConfig,
 }
 
 /// Balancing policies; each skips unhealthy and full backends.
@@ -288,6 +292,74 @@ pub enum HealthStatus {
     HealthyOrElseAll,
 }
 
+/// `proxy.scale_in_protection`: keeps ECS service scale-in away from busy
+/// tasks. A media server discovered from Cloud Map (an ECS task) is
+/// protected while it holds a live stream and released `release_after` its
+/// last one ended; the proxy's own task is protected through the ECS agent
+/// while it holds streams, and released when it starts draining.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectionConfig {
+    /// Turns it on. Default `false`. The task role then needs
+    /// `ecs:UpdateTaskProtection` (and `ecs:GetTaskProtection`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// ECS cluster (name or ARN) of the media servers' tasks. Default `""`:
+    /// each Cloud Map instance's `ECS_CLUSTER_NAME` attribute.
+    #[serde(default)]
+    pub cluster: String,
+    /// How long one enable protects a task (`expiresInMinutes`): whole
+    /// minutes from `1m` to `2880m` (48 h). A proxy that dies without
+    /// releasing leaves its servers protected at most this long. Default
+    /// `60m`.
+    #[serde(
+        default = "default_protection_expires",
+        deserialize_with = "protection_expiry"
+    )]
+    pub expires: Duration,
+    /// How often a protection is renewed while streams live. Default: half
+    /// of `expires`; at least `1s` and shorter than `expires`.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub renew_every: Option<Duration>,
+    /// How long a server (or the proxy itself) must stay without a stream
+    /// before its protection is released, so a publisher that reconnects
+    /// does not make it flap. Default `30s`.
+    #[serde(default = "default_release_after", deserialize_with = "duration")]
+    pub release_after: Duration,
+    /// ECS API endpoint override (a local test double); the SDK also reads
+    /// `AWS_ENDPOINT_URL_ECS`. Default: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            cluster: String::new(),
+            expires: default_protection_expires(),
+            renew_every: None,
+            release_after: default_release_after(),
+            endpoint: None,
+        }
+    }
+}
+
+impl ProtectionConfig {
+    /// The renewal period in force: `renew_every`, else half of `expires`.
+    pub fn renew_every(&self) -> Duration {
+        self.renew_every.unwrap_or(self.expires / 2)
+    }
+
+    /// `expires` as the API's `expiresInMinutes`.
+    pub fn expires_in_minutes(&self) -> i32 {
+        i32::try_from(self.expires.as_secs() / 60).unwrap_or(MAX_PROTECTION_MINUTES)
+    }
+}
+
+/// The API's ceiling for `expiresInMinutes` (48 h).
+pub const MAX_PROTECTION_MINUTES: i32 = 2880;
+
 /// One entry of `proxy.backends.static`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +414,12 @@ fn default_drain_delay() -> Duration {
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(6 * 3600)
+}
+fn default_protection_expires() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+fn default_release_after() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_check_interval() -> Duration {
     Duration::from_secs(2)
@@ -418,6 +496,15 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
             "proxy.slots.url: required when proxy.slots.store is redis (e.g. redis://127.0.0.1:6379/0)".into(),
         ));
     }
+    let p = &proxy.scale_in_protection;
+    let renew = p.renew_every();
+    if renew < Duration::from_secs(1) || renew >= p.expires {
+        return Err(ConfigError(format!(
+            "proxy.scale_in_protection.renew_every: {} must be at least 1s and shorter than expires ({})",
+            humantime::format_duration(renew),
+            humantime::format_duration(p.expires)
+        )));
+    }
     Ok(proxy)
 }
 
@@ -482,6 +569,28 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
+}
+
+/// `expiresInMinutes` as a duration: whole minutes, 1 to 2,880.
+fn parse_protection_expiry(v: &str) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    let minutes = d.as_secs() / 60;
+    if d.subsec_nanos() != 0 || d.as_secs() % 60 != 0 {
+        return Err(format!("{v:?} is not a whole number of minutes"));
+    }
+    if !(1..=MAX_PROTECTION_MINUTES as u64).contains(&minutes) {
+        return Err(format!(
+            "{v:?} out of range (1m to {MAX_PROTECTION_MINUTES}m, the ECS limit)"
+        ));
+    }
+    Ok(d)
+}
+
+fn protection_expiry<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(StrVisitor(
+        "a whole number of minutes such as 60m",
+        parse_protection_expiry,
+    ))
 }
 
 fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -621,6 +730,45 @@ mod tests {
         let e = err("proxy:\n  backends:\n    cloud_map:\n      service: s\n");
         assert!(
             e.contains("proxy.backends.cloud_map: missing field `namespace`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scale_in_protection_section() {
+        let p = parse("proxy: {}\n").unwrap().scale_in_protection;
+        assert!(!p.enabled);
+        assert_eq!(
+            (p.expires, p.renew_every(), p.release_after),
+            (
+                Duration::from_secs(3600),
+                Duration::from_secs(1800),
+                Duration::from_secs(30)
+            )
+        );
+        assert_eq!(p.expires_in_minutes(), 60);
+        let p = parse("proxy:\n  scale_in_protection:\n    enabled: true\n    cluster: media\n    expires: 2h\n    renew_every: 1s\n    endpoint: http://127.0.0.1:1\n").unwrap().scale_in_protection;
+        assert_eq!(
+            (p.expires_in_minutes(), p.renew_every(), p.cluster.as_str()),
+            (120, Duration::from_secs(1), "media")
+        );
+        let e = err("proxy:\n  scale_in_protection:\n    enabled: true\n    expires: 90s\n");
+        assert!(
+            e.starts_with(
+                "4: proxy.scale_in_protection.expires: \"90s\" is not a whole number of minutes"
+            ),
+            "{e}"
+        );
+        let e = err("proxy:\n  scale_in_protection:\n    expires: 49h\n");
+        assert!(e.contains("out of range (1m to 2880m"), "{e}");
+        let e = err("proxy:\n  scale_in_protection:\n    expires: 1m\n    renew_every: 1m\n");
+        assert!(
+            e.starts_with("proxy.scale_in_protection.renew_every: 1m must be at least 1s and shorter than expires (1m)"),
+            "{e}"
+        );
+        let e = err("proxy:\n  scale_in_protection:\n    enable: true\n");
+        assert!(
+            e.starts_with("3: proxy.scale_in_protection.enable: unknown field"),
             "{e}"
         );
     }

@@ -18,6 +18,7 @@ use crate::balancer::redis::SharedSlots;
 use crate::balancer::{BackendView, SlotTable};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics;
+use crate::protection::Protection;
 use crate::streams::Directory;
 
 /// `GET /health` on `proxy.health_listen`.
@@ -63,6 +64,7 @@ pub struct Admin {
     streams: Arc<Directory>,
     lifecycle: Arc<Lifecycle>,
     access_log: Arc<AccessLog>,
+    protection: Option<Arc<Protection>>,
     started: Instant,
 }
 
@@ -73,6 +75,8 @@ pub struct AdminState {
     pub shared: Option<Arc<SharedSlots>>,
     pub lifecycle: Arc<Lifecycle>,
     pub access_log: Arc<AccessLog>,
+    /// ECS scale-in protection, when enabled: shown per backend.
+    pub protection: Option<Arc<Protection>>,
 }
 
 /// The stats page: one self-contained file (no external assets), which
@@ -105,6 +109,7 @@ impl Admin {
             streams: state.streams,
             lifecycle: state.lifecycle,
             access_log: state.access_log,
+            protection: state.protection,
             started: Instant::now(),
         }
     }
@@ -172,6 +177,10 @@ struct BackendEntry {
     /// Where slots are counted: `local`, `redis`, or `redis (degraded)`
     /// while Redis is unreachable (same in every element).
     slot_store: &'static str,
+    /// Its ECS task is scale-in protected, as this proxy last set it.
+    protected: bool,
+    /// Until when (RFC 3339), or null.
+    protected_until: Option<String>,
 }
 
 #[async_trait]
@@ -189,10 +198,20 @@ impl ServeHttp for Admin {
                     .table
                     .snapshot()
                     .into_iter()
-                    .map(|backend| BackendEntry {
-                        backend,
-                        queued,
-                        slot_store,
+                    .map(|backend| {
+                        let until = self
+                            .protection
+                            .as_ref()
+                            .zip(backend.task.as_ref())
+                            .and_then(|(p, task)| p.protected_until(task));
+                        BackendEntry {
+                            backend,
+                            queued,
+                            slot_store,
+                            protected: until.is_some(),
+                            protected_until: until
+                                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                        }
                     })
                     .collect();
                 json(&entries)

@@ -26,6 +26,8 @@
 //!   values become commands (`rtmp::command`, meaning).
 //! - [`http`]: the public health endpoint and the private admin API.
 //! - [`metrics`]: Prometheus counters.
+//! - [`protection`]: ECS task scale-in protection for busy media servers
+//!   and for the proxy's own task, on its own runtime thread.
 
 pub mod access_log;
 pub mod app;
@@ -36,6 +38,7 @@ pub mod health_check;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod protection;
 pub mod proxy;
 pub mod rtmp;
 pub mod streams;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub discovery: IntCounterVec,
     pub discovery_last_success: GaugeVec,
     pub slot_store_degraded: IntGauge,
+    pub protection_calls: IntCounterVec,
+    pub protected_tasks: IntGaugeVec,
     backend_active: IntGaugeVec,
     backend_max: IntGaugeVec,
     backend_healthy: IntGaugeVec,
@@ -42,7 +44,8 @@ pub struct Metrics {
 // Registration fails only on a duplicate name or a malformed one, both
 // fixed at compile time: a startup invariant.
 #[allow(clippy::expect_used)]
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    Metrics {
     accepted: register_int_counter!(
         "rtmp_proxy_connections_accepted_total",
         "Client connections accepted on the proxy listener."
@@ -100,6 +103,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "1 while the Redis slot store is unreachable and slots are counted locally."
     )
     .expect("metric registration"),
+    protection_calls: register_int_counter_vec!(
+        "rtmp_proxy_scale_in_protection_calls_total",
+        "ECS task scale-in protection calls, by target (media: the ECS API for media servers; self: the ECS agent) and result (ok, task_failure, throttled, access_denied, error).",
+        &["target", "result"]
+    )
+    .expect("metric registration"),
+    protected_tasks: register_int_gauge_vec!(
+        "rtmp_proxy_scale_in_protected_tasks",
+        "Tasks this proxy holds scale-in protection on, by target (media, self).",
+        &["target"]
+    )
+    .expect("metric registration"),
     backend_active: register_int_gauge_vec!(
         "rtmp_proxy_backend_active_connections",
         "Proxied connections each backend holds (including an upgrade's inherited ones).",
@@ -146,6 +161,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         &["reason"]
     )
     .expect("metric registration"),
+}
 });
 
 /// Registers the process-level metrics; call once at start-up.

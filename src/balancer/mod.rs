@@ -91,6 +91,9 @@ pub struct BackendView {
     pub source: String,
     /// When discovery last answered successfully (RFC 3339).
     pub refreshed_at: String,
+    /// The ECS task behind it, for scale-in protection (not shown as is).
+    #[serde(skip)]
+    pub task: Option<TaskRef>,
 }
 
 /// A slot taken or freed, as told to a successor process (see
@@ -357,6 +360,7 @@ impl SlotTable {
                 present: b.present,
                 source: b.member.source.clone(),
                 refreshed_at: refreshed_at.clone(),
+                task: b.member.task.clone(),
             })
             .collect()
     }

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use log::{info, warn};
@@ -96,6 +96,9 @@ pub struct SharedSlots {
     next_id: AtomicU64,
     proxy_id: String,
     degraded: AtomicBool,
+    /// When the last successful count read began: the table's `remote`
+    /// counts are at least that fresh.
+    counts_read: Mutex<Option<Instant>>,
     scripts: Scripts,
 }
 
@@ -148,6 +151,7 @@ impl SharedSlots {
             next_id: AtomicU64::new(0),
             proxy_id: format!("{}-{}", std::process::id(), fastrand::u64(..)),
             degraded: AtomicBool::new(false),
+            counts_read: Mutex::new(None),
             scripts: Scripts {
                 take: Script::new(TAKE),
                 renew: Script::new(RENEW),
@@ -173,6 +177,13 @@ impl SharedSlots {
 
     pub fn degraded(&self) -> bool {
         self.degraded.load(Ordering::SeqCst)
+    }
+
+    /// When the read behind the table's current `remote` counts began:
+    /// scale-in protection releases a server only on counts read after it
+    /// went idle, so a stream another proxy just started is not missed.
+    pub fn counts_read_at(&self) -> Option<Instant> {
+        *self.counts_read.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set_degraded(&self, degraded: bool, why: &str) {
@@ -314,6 +325,7 @@ impl SharedSlots {
         if addrs.is_empty() {
             return;
         }
+        let started = Instant::now();
         let mut inv = self.scripts.count.prepare_invoke();
         for addr in &addrs {
             inv.key(self.key(*addr));
@@ -343,6 +355,7 @@ impl SharedSlots {
             })
             .collect();
         self.table.set_remote(&remote);
+        *self.counts_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
     }
 
     /// Other proxies announce releases: refresh at once so our queue moves.

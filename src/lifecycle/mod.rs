@@ -52,6 +52,8 @@ pub struct Lifecycle {
     handed_off: watch::Sender<bool>,
     drain_delay: Duration,
     drain_timeout: Duration,
+    /// Run on the drain thread once the drain is over, before the exit.
+    before_exit: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Lifecycle {
@@ -64,7 +66,17 @@ impl Lifecycle {
             handed_off: watch::channel(false).0,
             drain_delay,
             drain_timeout,
+            before_exit: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Runs `f` once the drain is over, just before the process exits (not
+    /// after SIGINT). The exit waits for it: `f` bounds its own time.
+    pub fn before_exit(&self, f: impl FnOnce() + Send + 'static) {
+        self.before_exit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
     }
 
     pub fn phase(&self) -> Phase {
@@ -163,6 +175,11 @@ impl Lifecycle {
             }
         }
         info!("drained; exiting");
+        let hooks =
+            std::mem::take(&mut *self.before_exit.lock().unwrap_or_else(|p| p.into_inner()));
+        for hook in hooks {
+            hook();
+        }
         std::process::exit(0);
     }
 }

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod ecs;
 pub mod media;
 pub mod moto;
+pub mod redis;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
