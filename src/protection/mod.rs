@@ -83,7 +83,11 @@ impl Protection {
         shared: Option<Arc<SharedSlots>>,
     ) -> Result<Arc<Self>, String> {
         let settings = config.scale_in_protection.clone();
-        let agent = Agent::from_env(CALL_TIMEOUT)?;
+        // A bad agent URI costs the self-protection, not the proxy.
+        let agent = Agent::from_env(CALL_TIMEOUT).unwrap_or_else(|e| {
+            warn!("scale-in protection of this proxy's own task is off: {e}");
+            None
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("protection")
@@ -134,10 +138,11 @@ impl Protection {
                 );
                 handle.spawn(me.clone().self_loop(agent, lifecycle));
             }
-            None => info!(
+            None if !std::env::var(agent::ENV).is_ok_and(|v| !v.is_empty()) => info!(
                 "{} is not set (not on ECS): this proxy's own task is not protected",
                 agent::ENV
             ),
+            None => {}
         }
         Ok(me)
     }
