@@ -64,7 +64,7 @@ fn config(f: &Fleet, slots: &str, protection: &str) -> String {
         format!("    release_after: {}s\n", RELEASE_AFTER.as_secs())
     };
     format!(
-        "  health_check:\n    interval: 60s\n  backends:\n    cloud_map:\n      namespace: {}\n      service: {}\n      \
+        "{RAW_TCP}  health_check:\n    interval: 60s\n  backends:\n    cloud_map:\n      namespace: {}\n      service: {}\n      \
          region: us-east-1\n      endpoint: {}\n      refresh: 500ms\n{slots}  scale_in_protection:\n    enabled: true\n{endpoint}    \
          expires: 1m\n{release_after}{protection}",
         f.svc.namespace,
@@ -508,7 +508,7 @@ async fn the_proxys_own_task_is_protected_while_it_holds_streams() {
     ];
     let mut proxy = Proxy::start_with_env(
         &format!(
-            "  drain_delay: 3s\n  scale_in_protection:\n    enabled: true\n    expires: 1m\n    \
+            "{RAW_TCP}  drain_delay: 3s\n  scale_in_protection:\n    enabled: true\n    expires: 1m\n    \
              release_after: {}s\n  backends:\n    static:\n{}",
             RELEASE_AFTER.as_secs(),
             a.yaml(10, 0)
