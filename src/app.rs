@@ -242,7 +242,7 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
     lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh);
     let backends = server.add_service(background_service("backends", lb));
 
-    let streams = Directory::new();
+    let streams = Directory::with_fleet(shared.clone());
     let core = Proxy::new(
         table.clone(),
         Settings::from(proxy),

@@ -145,21 +145,26 @@ impl Admin {
 
     /// `GET /streams/{app}/{key}`: segments percent-decoded, so a key with
     /// `/` or `?` in it is asked for as `%2F` / `%3F`.
-    fn stream(&self, rest: &str) -> Response<Vec<u8>> {
+    async fn stream(&self, rest: &str) -> Response<Vec<u8>> {
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8()
                 .ok()
                 .map(|d| d.into_owned())
         };
-        let found = match rest.split_once('/') {
-            Some((app, key)) if !key.contains('/') => decode(app)
-                .zip(decode(key))
-                .and_then(|(app, key)| self.streams.find(&app, &key)),
-            _ => None,
+        let Some((app, key)) = rest
+            .split_once('/')
+            .filter(|(_, key)| !key.contains('/'))
+            .and_then(|(app, key)| decode(app).zip(decode(key)))
+        else {
+            return text(StatusCode::NOT_FOUND, "no such stream\n");
         };
         // Never echo the key back: the answer carries it redacted.
-        match found {
+        if let Some(view) = self.streams.find(&app, &key) {
+            return json(&view);
+        }
+        // Published through another proxy (Redis slot store)?
+        match self.streams.find_in_fleet(&app, &key).await {
             Some(view) => json(&view),
             None => text(StatusCode::NOT_FOUND, "no such stream\n"),
         }
@@ -229,7 +234,7 @@ impl ServeHttp for Admin {
                 metrics::render(&self.table),
             ),
             path => match path.strip_prefix("/streams/") {
-                Some(rest) => self.stream(rest),
+                Some(rest) => self.stream(rest).await,
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             },
         }

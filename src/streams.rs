@@ -18,13 +18,17 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::balancer::redis::SharedSlots;
 use crate::proxy::duplex::Flow;
 use crate::rtmp::{self, Role, StreamInfo};
 
-/// All live entries of this process.
+/// All live entries of this process; with the Redis slot store, its
+/// publishers are also listed fleet-wide, so any proxy can answer
+/// `/streams/{app}/{key}`.
 #[derive(Default)]
 pub struct Directory {
     inner: Mutex<Inner>,
+    fleet: Option<Arc<SharedSlots>>,
 }
 
 #[derive(Default)]
@@ -40,6 +44,8 @@ struct Entry {
     started: SystemTime,
     flow: Arc<Flow>,
     state: State,
+    /// Its id in the fleet-wide directory, once listed there.
+    listed: Option<String>,
 }
 
 enum State {
@@ -79,6 +85,22 @@ impl Directory {
         Arc::new(Self::default())
     }
 
+    /// A directory whose publishers are also listed in Redis.
+    pub fn with_fleet(fleet: Option<Arc<SharedSlots>>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::default(),
+            fleet,
+        })
+    }
+
+    /// The stream as listed by any proxy of the fleet (Redis slot store),
+    /// when this process does not have it.
+    pub async fn find_in_fleet(&self, app: &str, key: &str) -> Option<serde_json::Value> {
+        let fleet = self.fleet.as_ref()?;
+        let entry = fleet.find_stream(&fleet_id(app, key)).await?;
+        serde_json::from_str(&entry).ok()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock exits the process (see main).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -103,6 +125,7 @@ impl Directory {
                 started: SystemTime::now(),
                 flow,
                 state: State::Identifying,
+                listed: None,
             },
         );
         Registration {
@@ -141,8 +164,26 @@ impl Directory {
     }
 
     fn update(&self, id: u64, state: State) {
-        if let Some(e) = self.lock().entries.get_mut(&id) {
-            e.state = state;
+        let mut inner = self.lock();
+        let Some(e) = inner.entries.get_mut(&id) else {
+            return;
+        };
+        e.state = state;
+        if let (Some(fleet), State::Identified(info)) = (&self.fleet, &e.state) {
+            if matches!(info.role, Role::Publish { .. }) {
+                let fid = fleet_id(app_name(&info.app), &info.stream_key);
+                if let Ok(entry) = serde_json::to_string(&e.view()) {
+                    fleet.publish_stream(fid.clone(), entry);
+                    e.listed = Some(fid);
+                }
+            }
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        let removed = self.lock().entries.remove(&id);
+        if let (Some(fleet), Some(fid)) = (&self.fleet, removed.and_then(|e| e.listed)) {
+            fleet.unpublish_stream(fid);
         }
     }
 }
@@ -240,8 +281,20 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.handle.dir.lock().entries.remove(&self.handle.id);
+        self.handle.dir.remove(self.handle.id);
     }
+}
+
+/// A stream's id in the fleet-wide directory: a hash of app and key, so the
+/// secret key itself is never written to Redis.
+fn fleet_id(app: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(app.as_bytes())
+        .chain_update([0u8])
+        .chain_update(key.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -134,3 +134,64 @@ async fn without_redis_proxies_serve_on_local_counts_and_reconcile_after() {
         assert!(p.log_text().contains("Redis slot store reachable again"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_proxy_finds_a_stream_published_through_another() {
+    const PUBLISH: &[u8] = include_bytes!("../src/rtmp/testdata/ffmpeg_publish.bin");
+    let redis = Redis::start();
+    let media = Backend::start("media", Mode::TaggedEcho).await;
+    // RTMP mode (the default): the observer reads the publish command.
+    let rtmp = |redis: &Redis| {
+        format!(
+            "  slots:\n    store: redis\n    url: \"{}\"\n  backends:\n    static:\n{}",
+            redis.url(),
+            media.yaml(10, 1)
+        )
+    };
+    let a = Proxy::start(&rtmp(&redis)).await;
+    let b = Proxy::start(&rtmp(&redis)).await;
+
+    let mut publisher = b.connect().await;
+    tokio::io::AsyncWriteExt::write_all(&mut publisher, PUBLISH)
+        .await
+        .unwrap();
+    let path = "/streams/stream/testkey123";
+    let mut found = None;
+    for _ in 0..100 {
+        if let Ok((200, body)) = http_get(a.admin, path).await {
+            found = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = found.unwrap_or_else(|| panic!("proxy A never found B's stream:\n{}", b.log_text()));
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["backend"], media.addr.to_string());
+    assert_eq!(view["role"], "publish");
+    assert!(!body.contains("testkey123"), "{body}");
+    assert_eq!(
+        http_get(a.admin, "/streams/stream/otherkey")
+            .await
+            .unwrap()
+            .0,
+        404
+    );
+    // The secret key is not written to Redis: entries are keyed by a hash.
+    let keys = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--scan"])
+        .output()
+        .expect("redis-cli");
+    let keys = String::from_utf8_lossy(&keys.stdout);
+    assert!(
+        keys.contains(":stream:") && !keys.contains("testkey123"),
+        "{keys}"
+    );
+
+    // Gone from the fleet once it ends.
+    drop(publisher);
+    let gone = wait_until(Duration::from_secs(10), || {
+        http_get_blocking(a.admin, path).is_ok_and(|(s, _)| s == 404)
+    })
+    .await;
+    assert!(gone);
+}

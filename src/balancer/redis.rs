@@ -93,6 +93,8 @@ pub struct SharedSlots {
     table: Arc<SlotTable>,
     /// Our live leases: backend -> members.
     own: Mutex<HashMap<SocketAddr, Vec<String>>>,
+    /// Our publishers in the fleet-wide stream directory: id -> entry.
+    own_streams: Mutex<HashMap<String, String>>,
     next_id: AtomicU64,
     proxy_id: String,
     degraded: AtomicBool,
@@ -148,6 +150,7 @@ impl SharedSlots {
             runtime: handle.clone(),
             table,
             own: Mutex::new(HashMap::new()),
+            own_streams: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             proxy_id: format!("{}-{}", std::process::id(), fastrand::u64(..)),
             degraded: AtomicBool::new(false),
@@ -295,7 +298,85 @@ impl SharedSlots {
         }
     }
 
+    fn stream_key(&self, id: &str) -> String {
+        format!("{}:stream:{id}", self.prefix)
+    }
+
+    /// Lists a publisher in the fleet-wide stream directory (`id`: a hash
+    /// of app and key), with the same lease as slots.
+    pub fn publish_stream(self: &Arc<Self>, id: String, entry: String) {
+        self.own_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), entry.clone());
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            let mut conn = me.conn.clone();
+            let set: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(me.stream_key(&id))
+                .arg(entry)
+                .arg("PX")
+                .arg(me.lease_ms)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = set {
+                me.set_degraded(true, &e.to_string());
+            }
+        });
+    }
+
+    pub fn unpublish_stream(self: &Arc<Self>, id: String) {
+        self.own_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            let mut conn = me.conn.clone();
+            let _: redis::RedisResult<()> = redis::cmd("DEL")
+                .arg(me.stream_key(&id))
+                .query_async(&mut conn)
+                .await;
+        });
+    }
+
+    /// A publisher listed by any proxy, bounded by the call timeout.
+    pub async fn find_stream(&self, id: &str) -> Option<String> {
+        let mut conn = self.conn.clone();
+        let key = self.stream_key(id);
+        let get = self.runtime.spawn(async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        });
+        match tokio::time::timeout(self.call_timeout, get).await {
+            Ok(Ok(Ok(found))) => found,
+            _ => None,
+        }
+    }
+
     async fn renew(&self) {
+        let streams = self
+            .own_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !streams.is_empty() {
+            let mut pipe = redis::pipe();
+            for (id, entry) in &streams {
+                pipe.cmd("SET")
+                    .arg(self.stream_key(id))
+                    .arg(entry)
+                    .arg("PX")
+                    .arg(self.lease_ms)
+                    .ignore();
+            }
+            let mut conn = self.conn.clone();
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                self.set_degraded(true, &e.to_string());
+            }
+        }
         let own: Vec<(SocketAddr, String)> = self
             .own
             .lock()
