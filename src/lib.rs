@@ -13,21 +13,28 @@
 //! - [`discovery`]: where backends come from (static list; Cloud Map),
 //!   behind Pingora's `ServiceDiscovery`, combined into one fleet.
 //! - [`health_check`]: active TCP checks, reported to the slot table.
-//! - [`balancer`]: the slot table (exact per-backend caps, the wait queue)
-//!   and the balancing policies.
+//! - [`balancer`]: the slot table (exact per-backend caps, the wait queue),
+//!   the balancing policies, and fleet-wide leases in Redis
+//!   ([`balancer::redis`]).
+//! - [`lifecycle`]: signals, drains that never cut a live stream, and the
+//!   slot handoff of a binary upgrade ([`lifecycle::handoff`]).
 //! - [`proxy`]: one client connection from accept to close: slot, connect,
 //!   copy ([`proxy::duplex`]), release; [`proxy::rtmp`] adds the RTMP
 //!   handshake gate, the backend's first-answer check, PROXY headers and
 //!   the passive stream observer.
 //! - [`streams`]: the stream directory (which stream runs on which
-//!   backend) behind `GET /streams`.
+//!   backend) behind `GET /streams`, fleet-wide with Redis.
+//! - [`access_log`]: one JSON line per connection, progress lines, recent
+//!   rejections.
 //! - [`rtmp`]: a passive, bounded RTMP observer: bytes become chunks
 //!   (`rtmp::chunk`, no meaning), chunks become AMF0 values (`rtmp::amf0`),
 //!   values become commands (`rtmp::command`, meaning).
-//! - [`http`]: the public health endpoint and the private admin API.
-//! - [`metrics`]: Prometheus counters.
+//! - [`http`]: the public health endpoint and the private admin API with
+//!   the stats page (`stats.html`).
+//! - [`metrics`]: Prometheus metrics.
 //! - [`protection`]: ECS task scale-in protection for busy media servers
 //!   and for the proxy's own task, on its own runtime thread.
+//! - [`runtime`]: the dedicated runtimes such work runs on.
 
 pub mod access_log;
 pub mod app;
@@ -41,4 +48,5 @@ pub mod metrics;
 pub mod protection;
 pub mod proxy;
 pub mod rtmp;
+pub mod runtime;
 pub mod streams;

@@ -121,18 +121,7 @@ impl SharedSlots {
         table: Arc<SlotTable>,
     ) -> Result<Arc<Self>, String> {
         let client = Client::open(url).map_err(|e| format!("proxy.slots.url {url:?}: {e}"))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("redis")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("redis runtime: {e}"))?;
-        let handle = runtime.handle().clone();
-        // The runtime lives as long as the process: its thread parks here.
-        std::thread::Builder::new()
-            .name("redis-rt".into())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .map_err(|e| format!("redis runtime thread: {e}"))?;
+        let handle = crate::runtime::dedicated("redis")?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(call_timeout))
             .set_response_timeout(Some(call_timeout))

@@ -359,7 +359,7 @@ impl CloudMapClient {
 /// hook, and the endpoint is resolved after `read_before_attempt`, so this is the
 /// first hook where unsetting it sticks.
 #[derive(Debug)]
-struct NoHostPrefixForCustomEndpoint;
+pub struct NoHostPrefixForCustomEndpoint;
 
 impl Intercept for NoHostPrefixForCustomEndpoint {
     fn name(&self) -> &'static str {

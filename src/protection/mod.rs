@@ -88,18 +88,7 @@ impl Protection {
             warn!("scale-in protection of this proxy's own task is off: {e}");
             None
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("protection")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("scale-in protection runtime: {e}"))?;
-        let handle = runtime.handle().clone();
-        // The runtime lives as long as the process: its thread parks here.
-        std::thread::Builder::new()
-            .name("protection-rt".into())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .map_err(|e| format!("scale-in protection runtime thread: {e}"))?;
+        let handle = crate::runtime::dedicated("protection")?;
         let can_release = if shared.is_some() {
             "released when no proxy has a stream on them (Redis slot store)"
         } else {

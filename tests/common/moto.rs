@@ -21,12 +21,6 @@ use aws_sdk_servicediscovery::types::{
     CustomHealthStatus, HealthCheckCustomConfig, OperationTargetType,
 };
 use aws_sdk_servicediscovery::Client;
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::endpoint::EndpointPrefix;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
-use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
 
 pub const REGION: &str = "us-east-1";
 /// moto accepts any credentials but needs a SigV4 signature to tell which AWS
@@ -183,7 +177,7 @@ impl Moto {
             .endpoint_url(self.endpoint())
             // Only DiscoverInstances(Revision) carry the `data-` prefix; the
             // management calls work without this, but fixtures may discover too.
-            .interceptor(NoHostPrefix)
+            .interceptor(rtmp_proxy::discovery::cloud_map::NoHostPrefixForCustomEndpoint)
             .build();
         Client::from_conf(config)
     }
@@ -314,27 +308,6 @@ impl CloudMapService {
             .instances()
             .iter()
             .any(|i| i.id() == Some(instance_id))
-    }
-}
-
-/// Same fix as in the discovery client: DiscoverInstances is modelled with the
-/// host prefix `data-`, which breaks a loopback endpoint.
-#[derive(Debug)]
-struct NoHostPrefix;
-
-impl Intercept for NoHostPrefix {
-    fn name(&self) -> &'static str {
-        "NoHostPrefix"
-    }
-
-    fn read_before_attempt(
-        &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
-        _runtime_components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        cfg.interceptor_state().unset::<EndpointPrefix>();
-        Ok(())
     }
 }
 

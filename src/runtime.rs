@@ -1,0 +1,25 @@
+//! Dedicated runtimes for work that must outlive Pingora's services.
+//!
+//! Pingora gives each service its own tokio runtime and stops background
+//! services at shutdown; Redis leases and scale-in protection must keep
+//! running through a drain, and a connection's driver task must not die with
+//! whichever service happened to create it.
+
+use tokio::runtime::{Builder, Handle};
+
+/// A one-thread runtime that lives as long as the process, named `name`.
+pub fn dedicated(name: &str) -> Result<Handle, String> {
+    let runtime = Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("{name} runtime: {e}"))?;
+    let handle = runtime.handle().clone();
+    // The runtime's owner parks here for good.
+    std::thread::Builder::new()
+        .name(format!("{name}-rt"))
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .map_err(|e| format!("{name} runtime thread: {e}"))?;
+    Ok(handle)
+}
