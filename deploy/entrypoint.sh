@@ -12,14 +12,21 @@
 #   RTMP_PROXY_CLOUD_MAP_REGION     proxy.backends.cloud_map.region (unset: the
 #                                   AWS SDK's chain, i.e. AWS_REGION, which ECS
 #                                   sets to the task's region)
+#   RTMP_PROXY_SCALE_IN_PROTECTION  proxy.scale_in_protection.enabled (true|false)
+#   RTMP_PROXY_SCALE_IN_PROTECTION_CLUSTER
+#                                   proxy.scale_in_protection.cluster
+#   RTMP_PROXY_SLOTS_STORE          proxy.slots.store (local|redis)
+#   RTMP_PROXY_SLOTS_REDIS_URL      proxy.slots.url (redis://host:6379/0)
 #   RUST_LOG                        log level; read by rtmp-proxy itself
 #
 # The binary reads only its YAML file, so an override rewrites the value of
-# the line that ends with `# env NAME` into a copy under /run/rtmp-proxy. A
-# set variable whose marker line is missing (e.g. in a mounted file) is an
-# error rather than being silently ignored. Values are limited to the
-# characters of DNS names and region codes, so they cannot change the YAML's
-# structure (an HTTP namespace named otherwise needs a mounted config).
+# the line that ends with `# env NAME` into a copy under /run/rtmp-proxy
+# (mode 600: a Redis URL may carry a password). A set variable whose marker
+# line is missing (e.g. in a mounted file) is an error rather than being
+# silently ignored. Each value is checked for its kind so that it cannot
+# change the YAML's structure: names take the characters of DNS names and
+# region codes (an HTTP namespace named otherwise needs a mounted config),
+# booleans are true or false, URLs have no quotes, backslashes or spaces.
 # RTMP_PROXY_RENDERED_CONFIG and RTMP_PROXY_BIN move the copy and the binary
 # for tests/deploy_config.rs.
 set -eu
@@ -36,17 +43,37 @@ die() {
 [ -r "$src" ] || die "cannot read config $src (RTMP_PROXY_CONFIG)"
 
 script=""
-for name in RTMP_PROXY_CLOUD_MAP_NAMESPACE RTMP_PROXY_CLOUD_MAP_SERVICE RTMP_PROXY_CLOUD_MAP_REGION; do
+for spec in RTMP_PROXY_CLOUD_MAP_NAMESPACE:name RTMP_PROXY_CLOUD_MAP_SERVICE:name \
+    RTMP_PROXY_CLOUD_MAP_REGION:name RTMP_PROXY_SCALE_IN_PROTECTION:bool \
+    RTMP_PROXY_SCALE_IN_PROTECTION_CLUSTER:name RTMP_PROXY_SLOTS_STORE:name \
+    RTMP_PROXY_SLOTS_REDIS_URL:url; do
+    name=${spec%:*}
     eval "value=\${$name:-}"
     [ -n "$value" ] || continue
-    case "$value" in
-        *[!A-Za-z0-9._-]*) die "$name=$value: only letters, digits, '.', '_' and '-' are allowed" ;;
+    case "${spec#*:}" in
+        name)
+            case "$value" in
+                *[!A-Za-z0-9._-]*) die "$name=$value: only letters, digits, '.', '_' and '-' are allowed" ;;
+            esac
+            yaml="\"$value\"" ;;
+        bool)
+            case "$value" in
+                true | false) yaml=$value ;;
+                *) die "$name=$value: true or false" ;;
+            esac ;;
+        url)
+            # Not echoed: it may carry a password.
+            case "$value" in
+                *[!A-Za-z0-9._~:/?#@!\$\&\'\(\)*+,\;=%-]*) die "$name: only URL characters are allowed (no quotes, backslashes or spaces)" ;;
+            esac
+            # `&` means "the match" in sed's replacement.
+            yaml="\"$(printf '%s' "$value" | sed 's/&/\\&/g')\"" ;;
     esac
     count=$(grep -c -- "# env $name\$" "$src" || true)
     [ "$count" = 1 ] || die "$name is set but $src has $count lines ending in '# env $name' (need exactly 1)"
-    # `key: anything  # env NAME` -> `key: "value"  # env NAME`
+    # `key: anything  # env NAME` -> `key: VALUE  # env NAME`
     script="$script
-s|^\\([[:space:]]*[a-z_]*:\\)[[:space:]].*\\(# env $name\\)\$|\\1 \"$value\"  \\2|"
+s|^\\([[:space:]]*[a-z_]*:\\)[[:space:]].*\\(# env $name\\)\$|\\1 $yaml  \\2|"
 done
 
 if [ -n "$script" ]; then

@@ -30,7 +30,8 @@ AWS_REGION / ...):
                         TASK_CPU (1024), TASK_MEMORY (2048), CLIENT_CIDR (0.0.0.0/0),
                         ASSIGN_PUBLIC_IP (DISABLED), NLB_SCHEME (internet-facing),
                         LOG_LEVEL (info), DEREGISTRATION_DELAY (120),
-                        SCALE_IN_PROTECTION (false), SERVICE_NAME (rtmp-proxy),
+                        SCALE_IN_PROTECTION (false), MEDIA_CLUSTER (ECS_CLUSTER),
+                        REDIS_URL (none: per-task slot counts), SERVICE_NAME (rtmp-proxy),
                         NOFILE_LIMIT (262144), LOG_RETENTION_DAYS (30)
 
 Optional values left unset keep the stack's current value on an update (the
@@ -113,6 +114,8 @@ else
   optional LOG_RETENTION_DAYS LogRetentionDays
   optional DEREGISTRATION_DELAY DeregistrationDelay
   optional SCALE_IN_PROTECTION ScaleInProtection
+  optional MEDIA_CLUSTER MediaClusterName
+  optional REDIS_URL RedisUrl
   optional SERVICE_NAME ServiceName
   optional NOFILE_LIMIT NofileLimit
 fi

@@ -217,3 +217,75 @@ fn entrypoint_refuses_an_override_its_config_has_no_marker_for() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn entrypoint_applies_protection_and_redis_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "redis://:p&ss@10.0.0.5:6379/0";
+    let out = entrypoint(
+        dir.path(),
+        &[
+            ("RTMP_PROXY_SCALE_IN_PROTECTION", "true"),
+            ("RTMP_PROXY_SCALE_IN_PROTECTION_CLUSTER", "media"),
+            ("RTMP_PROXY_SLOTS_STORE", "redis"),
+            ("RTMP_PROXY_SLOTS_REDIS_URL", url),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered = dir.path().join("rendered.yaml");
+    let proxy = rtmp_proxy::config::parse(&std::fs::read_to_string(&rendered).unwrap()).unwrap();
+    assert!(proxy.scale_in_protection.enabled);
+    assert_eq!(proxy.scale_in_protection.cluster, "media");
+    assert_eq!(proxy.slots.store, rtmp_proxy::config::SlotStore::Redis);
+    assert_eq!(proxy.slots.url.as_deref(), Some(url));
+    // The URL may carry a password: the copy is the user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&rendered).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "rendered config mode {mode:o}");
+
+    let base = rtmp_proxy::config::parse(&read("deploy/rtmp-proxy.yaml")).unwrap();
+    assert!(
+        !base.scale_in_protection.enabled,
+        "off unless ScaleInProtection says so"
+    );
+    assert_eq!(base.slots.store, rtmp_proxy::config::SlotStore::Local);
+
+    for (k, bad) in [
+        ("RTMP_PROXY_SCALE_IN_PROTECTION", "yes"),
+        ("RTMP_PROXY_SLOTS_REDIS_URL", "redis://h:1/0\"\nproxy: {}"),
+        ("RTMP_PROXY_SLOTS_REDIS_URL", "redis://a b"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = entrypoint(dir.path(), &[(k, bad)]);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{k}={bad:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn service_passes_protection_and_redis_to_the_container() {
+    let t = service();
+    let task = resource_of_type(&t, "AWS::ECS::TaskDefinition");
+    let env = serde_yaml::to_string(&task["Properties"]["ContainerDefinitions"][0]["Environment"])
+        .unwrap();
+    for name in [
+        "RTMP_PROXY_CLOUD_MAP_NAMESPACE",
+        "RTMP_PROXY_CLOUD_MAP_SERVICE",
+        "RTMP_PROXY_CLOUD_MAP_REGION",
+        "RTMP_PROXY_SCALE_IN_PROTECTION",
+        "RTMP_PROXY_SCALE_IN_PROTECTION_CLUSTER",
+        "RTMP_PROXY_SLOTS_STORE",
+        "RTMP_PROXY_SLOTS_REDIS_URL",
+    ] {
+        assert!(env.contains(name), "task definition does not set {name}");
+        let marker = format!("# env {name}\n");
+        assert!(
+            read("deploy/rtmp-proxy.yaml").contains(&marker),
+            "deploy/rtmp-proxy.yaml has no `{marker}`"
+        );
+    }
+}

@@ -16,8 +16,16 @@ use serde_yaml::{Mapping, Value};
 const ALWAYS: &[&str] = &["servicediscovery:DiscoverInstances"];
 const WITH_PROTECTION: &[&str] = &["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"];
 const PROTECTION_PARAMETER: &str = "ScaleInProtection";
-const TASK_RESOURCE: &str =
-    "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${ClusterName}/*";
+/// The only `Resource` the ECS actions may have: the tasks of the proxy's
+/// cluster and of the media servers' cluster (`ClusterName` when
+/// `MediaClusterName` is empty).
+const TASK_RESOURCES: &str = r#"
+- Fn::Sub: "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${ClusterName}/*"
+- Fn::Sub:
+    - "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${MediaCluster}/*"
+    - MediaCluster:
+        Fn::If: [HasMediaCluster, {Ref: MediaClusterName}, {Ref: ClusterName}]
+"#;
 
 fn template_text() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/service.yaml");
@@ -207,6 +215,7 @@ fn grants(template: &Value, errors: &mut Vec<String>) -> Vec<Grant> {
 /// Everything wrong with the template's task role; empty when it is right.
 fn violations(template: &Value) -> Vec<String> {
     let mut errors = Vec::new();
+    let task_resources: Value = serde_yaml::from_str(TASK_RESOURCES).unwrap();
     let protection = protection_conditions(template);
     let grants = grants(template, &mut errors);
     let under_protection = |g: &Grant| {
@@ -230,9 +239,9 @@ fn violations(template: &Value) -> Vec<String> {
                 "{} is granted outside the {PROTECTION_PARAMETER} == \"true\" condition (conditions {:?})",
                 g.action, g.conditions
             ));
-        } else if intrinsic(&g.resource, "Fn::Sub").and_then(Value::as_str) != Some(TASK_RESOURCE) {
+        } else if g.resource != task_resources {
             errors.push(format!(
-                "{} must be scoped to the cluster's tasks ({TASK_RESOURCE}), not {:?}",
+                "{} must be scoped to the tasks of ClusterName and MediaClusterName ({TASK_RESOURCES}), not {:?}",
                 g.action, g.resource
             ));
         }
@@ -359,7 +368,9 @@ fn checker_catches_protection_outside_its_condition() {
 #[test]
 fn checker_catches_wider_resources_and_attached_policies() {
     let t = altered("task/${ClusterName}/*", "task/*");
-    assert_caught(&t, "scoped to the cluster's tasks");
+    assert_caught(&t, "must be scoped to the tasks");
+    let t = altered("task/${MediaCluster}/*", "task/${MediaCluster}*");
+    assert_caught(&t, "must be scoped to the tasks");
     let t = altered(
         "      Policies:\n        - PolicyName: cloud-map-discovery",
         "      ManagedPolicyArns: [arn:aws:iam::aws:policy/AdministratorAccess]\n      Policies:\n        - PolicyName: cloud-map-discovery",
