@@ -177,7 +177,7 @@ struct ErrorBody {
 }
 
 /// hyper-util's errors say "client error (Connect)"; the cause says why.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut err = e;
     while let Some(cause) = err.source() {

@@ -186,15 +186,7 @@ where
     match (e.code(), e.message()) {
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code.to_string(),
-        _ => {
-            let mut text = e.to_string();
-            let mut err: &dyn std::error::Error = e;
-            while let Some(cause) = err.source() {
-                text.push_str(&format!(": {cause}"));
-                err = cause;
-            }
-            text
-        }
+        _ => super::agent::error_chain(e),
     }
 }
 
