@@ -7,8 +7,9 @@
 //! rejections are also kept in memory for the stats page.
 
 use std::collections::VecDeque;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -46,7 +47,9 @@ pub struct Record {
 }
 
 pub struct AccessLog {
-    sink: Mutex<Box<dyn Write + Send>>,
+    /// `None` when off. Shared without a lock: each line is one `write`
+    /// (appended, for a file), which the kernel keeps whole.
+    sink: Option<File>,
     /// Time between progress lines of one connection.
     pub interval: Duration,
     recent: Mutex<VecDeque<Record>>,
@@ -55,10 +58,16 @@ pub struct AccessLog {
 impl AccessLog {
     /// `target`: `stderr`, `off`, or a file path (appended to).
     pub fn open(target: &str, interval: Duration) -> Result<Self, String> {
-        let sink: Box<dyn Write + Send> = match target {
-            "stderr" => Box::new(std::io::stderr()),
-            "off" => Box::new(std::io::sink()),
-            path => Box::new(
+        let sink = match target {
+            "off" => None,
+            "stderr" => Some(
+                std::io::stderr()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map(File::from)
+                    .map_err(|e| format!("proxy.access_log: cannot use stderr: {e}"))?,
+            ),
+            path => Some(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -67,7 +76,7 @@ impl AccessLog {
             ),
         };
         Ok(Self {
-            sink: Mutex::new(sink),
+            sink,
             interval,
             recent: Mutex::new(VecDeque::new()),
         })
@@ -82,17 +91,18 @@ impl AccessLog {
             }
             recent.push_back(record.clone());
         }
-        let line = match serde_json::to_string(&record) {
-            Ok(line) => line,
-            Err(e) => {
-                warn!("cannot encode an access log line: {e}");
-                return;
-            }
+        let Some(mut sink) = self.sink.as_ref() else {
+            return;
         };
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut line = Vec::with_capacity(256);
+        if let Err(e) = serde_json::to_writer(&mut line, &record) {
+            warn!("cannot encode an access log line: {e}");
+            return;
+        }
+        line.push(b'\n');
         // One write per line, so lines from concurrent connections never
         // interleave; a failing sink must not stop the proxy.
-        if let Err(e) = sink.write_all(format!("{line}\n").as_bytes()) {
+        if let Err(e) = sink.write_all(&line) {
             warn!("cannot write the access log: {e}");
         }
     }

@@ -17,7 +17,6 @@ use std::time::Duration;
 use clap::Parser;
 use log::{info, warn};
 use pingora_core::apps::http_app::HttpServer;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -39,7 +38,7 @@ use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics;
 use crate::protection::Protection;
-use crate::proxy::{rtmp::Rtmp, Forwarded, Proxy, ProxyApp, Settings};
+use crate::proxy::{listener::Listener, rtmp::Rtmp, Forwarded, Proxy, Settings};
 use crate::streams::Directory;
 
 /// Command line: Pingora's own flags (`-c`, `-u`, `-d`, `-t`) and ours.
@@ -252,10 +251,8 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
         Rtmp::new(proxy, streams.clone()),
         access_log.clone(),
     );
-    let mut rtmp = Service::new("rtmp proxy".to_string(), ProxyApp(core.clone()));
-    // No read buffer per accepted client: the copy has its own, and idle
-    // connections should cost little.
-    rtmp.add_listener(ListenerConfig::tcp(&proxy.listen).l4_buffer(L4BufferSettings::unbuffered()));
+    let threads = server.configuration.threads;
+    let rtmp = Listener::new(core.clone(), &proxy.listen, threads);
     server.add_service(rtmp).add_dependency(&backends);
     server
         .add_service(background_service(

@@ -39,8 +39,7 @@ use nix::sys::socket::{
     accept, bind, connect, listen, recvmsg, sendmsg, socket, AddressFamily, Backlog,
     ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
+use tokio::net::TcpStream;
 
 use super::Lifecycle;
 use crate::balancer::{SlotEvent, SlotTable};
@@ -306,24 +305,23 @@ impl Handoff {
 
     /// Old process, after handing off: passes a client to the new process.
     /// Gives the client back when that is not possible.
-    pub fn forward(&self, client: Stream, peer: &str, pending: Vec<u8>) -> Result<(), Stream> {
+    pub fn forward(
+        &self,
+        client: TcpStream,
+        peer: &str,
+        pending: Vec<u8>,
+    ) -> Result<(), TcpStream> {
         let successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = successor.as_ref() else {
             return Err(client);
         };
-        // Not a plain TCP stream, or out of descriptors: the client is
-        // closed here, as if the old process had stopped accepting.
-        let Ok(l4) = client.into_any().downcast::<L4Stream>() else {
+        // If the socket cannot leave the runtime, the client is closed
+        // here, as if the old process had stopped accepting.
+        let Ok(client) = client.into_std() else {
             return Ok(());
         };
-        // SAFETY: the descriptor stays open while `l4` lives, past the dup.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(l4.as_raw_fd()) };
-        let Ok(fd) = borrowed.try_clone_to_owned() else {
-            return Ok(());
-        };
-        drop(l4);
         let client = ForwardedClient {
-            fd,
+            fd: OwnedFd::from(client),
             peer: peer.to_string(),
             pending,
         };

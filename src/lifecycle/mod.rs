@@ -191,7 +191,11 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut n = self.0.sessions.lock().unwrap_or_else(|p| p.into_inner());
         *n = n.saturating_sub(1);
-        self.0.sessions_changed.notify_all();
+        // The drain waits for zero; a wake-up per connection would cost a
+        // system call each.
+        if *n == 0 {
+            self.0.sessions_changed.notify_all();
+        }
     }
 }
 

@@ -1,13 +1,16 @@
 //! The established phase: bytes copied both ways unchanged, counted as they
 //! flow, with an idle timeout and a record of which side ended first.
 //!
-//! `tokio::io::copy_bidirectional` does the copying (it propagates
-//! half-close and flushes Pingora's write buffer); the [`Metered`] wrappers
-//! around each side see every read, which is where counting, activity and
-//! the first end are recorded, since the copy itself reports none of that
-//! when a side resets.
+//! Our own loop rather than `tokio::io::copy_bidirectional`, for memory: a
+//! read lands in a buffer on the poll's stack and is written on at once,
+//! so a connection holds heap only while a writer pushes back. Most RTMP
+//! connections sit between small paced reads, and with a fixed buffer per
+//! direction each would keep tens of KiB resident for nothing. The loop
+//! still flushes the writer whenever its reader has nothing (Pingora's
+//! connector buffers small writes) and propagates half-close.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -19,10 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Buffer per direction. Publishers push a few Mbit/s towards the backend;
-/// the reverse direction carries only RTMP acknowledgements.
-const UPSTREAM_BUF: usize = 32 * 1024;
-const DOWNSTREAM_BUF: usize = 8 * 1024;
+/// Most bytes one read takes. Bulk flows move 64 KiB per system call
+/// (HAProxy's default is 16 KiB); paced RTMP reads are far smaller.
+const READ_SIZE: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -132,6 +134,9 @@ impl Flow {
 
 /// Copies both ways until both directions are closed, a side fails, the
 /// connection is idle for `idle_timeout`, or `cut` turns true.
+///
+/// After [`End::Closed`] the caller drops both sides at once: the last
+/// FIN is left to that close rather than paid for with a `shutdown` call.
 pub async fn run<C, B>(
     client: &mut C,
     backend: &mut B,
@@ -148,30 +153,28 @@ where
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
-    let mut client = Metered {
-        inner: client,
-        side: Side::Client,
-        flow,
-        tap,
-    };
-    let mut backend = Metered {
-        inner: backend,
-        side: Side::Backend,
-        flow,
-        tap: None,
-    };
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut backend,
-        UPSTREAM_BUF,
-        DOWNSTREAM_BUF,
-    );
+    let mut up = Direction::new(Side::Client, tap);
+    let mut down = Direction::new(Side::Backend, None);
+    let copy = std::future::poll_fn(|cx| {
+        // Each direction runs to its own end; an error ends both.
+        let last = down.state == State::Done;
+        let up_done = up
+            .poll(cx, &mut *client, &mut *backend, flow, last)?
+            .is_ready();
+        let last = up.state == State::Done;
+        let down_done = down
+            .poll(cx, &mut *backend, &mut *client, flow, last)?
+            .is_ready();
+        if up_done && down_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    });
     tokio::select! {
         result = copy => {
-            if let Err(e) = result {
-                // The wrappers saw the failing side; this is a fallback.
-                flow.ended(End::Failed(Side::Client, e.to_string()));
-            }
+            // A failure was recorded where it happened.
+            let _: Result<(), Failed> = result;
             flow.first_end.get().cloned().unwrap_or(End::Closed(Side::Client))
         }
         () = flow.idle(idle_timeout) => End::Idle,
@@ -179,91 +182,177 @@ where
     }
 }
 
-/// A side of the copy, recording what it reads and how it ends.
-struct Metered<'a, S: ?Sized> {
-    inner: &'a mut S,
-    side: Side,
-    flow: &'a Flow,
+/// One direction of the copy: reads from side `from`, writes to the other.
+struct Direction {
+    from: Side,
+    /// Empty unless the writer pushed back; then `READ_SIZE` bytes, holding
+    /// what is still to be written (`buf[pos..end]`), and the read buffer
+    /// until the reader runs dry, so a bulk flow pays no extra copy.
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    state: State,
     tap: Option<ClientTap>,
 }
 
-impl<S: ?Sized> Metered<'_, S> {
-    fn note<T>(&self, result: &io::Result<T>) {
-        if let Err(e) = result {
-            self.flow.ended(End::Failed(self.side, e.to_string()));
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// The reader has ended: flush and shut the writer down.
+    Closing,
+    Done,
 }
 
-impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Metered<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
+/// Why a direction stopped early; the failure is recorded in the [`Flow`].
+struct Failed;
+
+impl Direction {
+    fn new(from: Side, tap: Option<ClientTap>) -> Self {
+        Self {
+            from,
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+            state: State::Open,
+            tap,
+        }
+    }
+
+    fn to(&self) -> Side {
+        match self.from {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+
+    /// Ready(Ok) once this direction has ended and the writer is shut
+    /// down; Ready(Err) once either side failed. `last`: the other
+    /// direction is done, so the writer's socket is closed right after
+    /// and its close sends the FIN: no `shutdown` call needed.
+    fn poll<R, W>(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = ready!(Pin::new(&mut *this.inner).poll_read(cx, buf));
-        this.note(&result);
-        if result.is_ok() {
-            let n = buf.filled().len() - before;
-            if n == 0 {
-                this.flow.ended(End::Closed(this.side));
+        reader: &mut R,
+        writer: &mut W,
+        flow: &Flow,
+        last: bool,
+    ) -> Poll<Result<(), Failed>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let to = self.to();
+        let failed = |side: Side, e: io::Error| {
+            flow.ended(End::Failed(side, e.to_string()));
+            Poll::Ready(Err(Failed))
+        };
+        loop {
+            // What the writer pushed back, first.
+            while self.pos < self.end {
+                let rest = self.buf.get(self.pos..self.end).unwrap_or_default();
+                match ready!(Pin::new(&mut *writer).poll_write(cx, rest)) {
+                    Ok(0) => return failed(to, io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.pos += n,
+                    Err(e) => return failed(to, e),
+                }
+            }
+            (self.pos, self.end) = (0, 0);
+
+            match self.state {
+                State::Open => {}
+                State::Closing => {
+                    if let Err(e) = ready!(Pin::new(&mut *writer).poll_flush(cx)) {
+                        return failed(to, e);
+                    }
+                    if !last {
+                        if let Err(e) = ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
+                            return failed(to, e);
+                        }
+                    }
+                    self.state = State::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                State::Done => return Poll::Ready(Ok(())),
+            }
+
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let on_heap = !self.buf.is_empty();
+            let mut read = if on_heap {
+                ReadBuf::new(&mut self.buf)
             } else {
-                this.flow.count(this.side, n);
-                if let Some(tap) = &mut this.tap {
-                    let read = buf.filled().get(before..).unwrap_or_default();
-                    if !tap(read) {
-                        this.tap = None;
+                ReadBuf::uninit(&mut stack)
+            };
+            match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+                Poll::Pending => {
+                    // Idle until the next read: no buffer kept, nothing
+                    // left in the writer's own buffer.
+                    self.buf = Vec::new();
+                    return match ready!(Pin::new(&mut *writer).poll_flush(cx)) {
+                        Ok(()) => Poll::Pending,
+                        Err(e) => failed(to, e),
+                    };
+                }
+                Poll::Ready(Err(e)) => return failed(self.from, e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = read.filled();
+            if data.is_empty() {
+                flow.ended(End::Closed(self.from));
+                self.state = State::Closing;
+                continue;
+            }
+            flow.count(self.from, data.len());
+            if let Some(tap) = &mut self.tap {
+                if !tap(data) {
+                    self.tap = None;
+                }
+            }
+            if on_heap {
+                self.end = data.len();
+                continue;
+            }
+            // Straight from the stack; only what the writer refuses is kept.
+            let mut data = data;
+            while !data.is_empty() {
+                match Pin::new(&mut *writer).poll_write(cx, data) {
+                    Poll::Ready(Ok(0)) => return failed(to, io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(k)) => data = data.get(k..).unwrap_or_default(),
+                    Poll::Ready(Err(e)) => return failed(to, e),
+                    Poll::Pending => {
+                        let mut buf = vec![0; READ_SIZE];
+                        if let Some(head) = buf.get_mut(..data.len()) {
+                            head.copy_from_slice(data);
+                        }
+                        (self.buf, self.pos, self.end) = (buf, 0, data.len());
+                        return Poll::Pending;
                     }
                 }
             }
         }
-        Poll::Ready(result)
-    }
-}
-
-impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Metered<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = ready!(Pin::new(&mut *this.inner).poll_write(cx, buf));
-        this.note(&result);
-        Poll::Ready(result)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let result = ready!(Pin::new(&mut *this.inner).poll_flush(cx));
-        this.note(&result);
-        Poll::Ready(result)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let result = ready!(Pin::new(&mut *this.inner).poll_shutdown(cx));
-        this.note(&result);
-        Poll::Ready(result)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     fn flow() -> Flow {
         let c = || IntCounter::new("t", "t").unwrap();
         Flow::new([c(), c()])
     }
 
+    /// Runs the copy between two pipe ends and closes them, as the proxy
+    /// does.
+    async fn proxy(mut client: DuplexStream, mut backend: DuplexStream, f: &Flow) -> End {
+        let (_keep, cut) = watch::channel(false);
+        run(&mut client, &mut backend, f, Duration::from_secs(5), cut).await
+    }
+
     #[tokio::test]
     async fn copies_and_counts_both_ways_with_half_close() {
-        let (mut client, mut proxy_client) = tokio::io::duplex(1024);
-        let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let (mut client, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_backend, mut backend) = tokio::io::duplex(1024);
         let f = flow();
         let peers = async {
             client.write_all(b"hello").await.unwrap();
@@ -277,17 +366,7 @@ mod tests {
             client.read_to_end(&mut back).await.unwrap();
             assert_eq!(back, b"world!");
         };
-        let (_keep, cut) = watch::channel(false);
-        let (end, ()) = tokio::join!(
-            run(
-                &mut proxy_client,
-                &mut proxy_backend,
-                &f,
-                Duration::from_secs(5),
-                cut
-            ),
-            peers
-        );
+        let (end, ()) = tokio::join!(proxy(proxy_client, proxy_backend, &f), peers);
         assert_eq!(end, End::Closed(Side::Client));
         assert_eq!(f.from_client.load(Ordering::Relaxed), 5);
         assert_eq!(f.from_backend.load(Ordering::Relaxed), 6);
@@ -295,8 +374,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_client_tap_sees_client_bytes_until_it_declines() {
-        let (mut client, mut proxy_client) = tokio::io::duplex(1024);
-        let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let (mut client, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_backend, mut backend) = tokio::io::duplex(1024);
         let f = flow();
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
@@ -315,20 +394,46 @@ mod tests {
             client.shutdown().await.unwrap();
             backend.shutdown().await.unwrap();
         };
-        let (_keep, cut) = watch::channel(false);
-        let (end, ()) = tokio::join!(
-            run(
-                &mut proxy_client,
-                &mut proxy_backend,
-                &f,
-                Duration::from_secs(5),
-                cut
-            ),
-            peers
-        );
+        let (end, ()) = tokio::join!(proxy(proxy_client, proxy_backend, &f), peers);
         assert_eq!(end, End::Closed(Side::Client));
         // Declined after "abcd": "ef" was forwarded but not shown.
         assert_eq!(*seen.lock().unwrap(), b"abcd");
+    }
+
+    /// A slow reader on the far side makes every write push back: the bytes
+    /// go through the spill buffer, in order, none lost or repeated.
+    #[tokio::test]
+    async fn bytes_survive_a_writer_that_pushes_back() {
+        let (mut client, proxy_client) = tokio::io::duplex(256 * 1024);
+        let (proxy_backend, mut backend) = tokio::io::duplex(100);
+        let f = flow();
+        let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let peers = async {
+            let write = async {
+                client.write_all(&sent).await.unwrap();
+                client.shutdown().await.unwrap();
+            };
+            let read = async {
+                let mut got = Vec::new();
+                let mut piece = [0u8; 333];
+                loop {
+                    let n = backend.read(&mut piece).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&piece[..n]);
+                    tokio::task::yield_now().await;
+                }
+                backend.shutdown().await.unwrap();
+                got
+            };
+            let ((), got) = tokio::join!(write, read);
+            got
+        };
+        let (end, got) = tokio::join!(proxy(proxy_client, proxy_backend, &f), peers);
+        assert_eq!(end, End::Closed(Side::Client));
+        assert!(got == sent, "{} bytes arrived of {}", got.len(), sent.len());
+        assert_eq!(f.from_client.load(Ordering::Relaxed), sent.len() as u64);
     }
 
     #[tokio::test(start_paused = true)]

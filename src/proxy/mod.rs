@@ -10,6 +10,7 @@
 //! first answer to each connect, and a passive look at the stream.
 
 pub mod duplex;
+pub mod listener;
 pub mod rtmp;
 
 use std::net::SocketAddr;
@@ -19,15 +20,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use log::{debug, info, warn};
-use pingora_core::apps::ServerApp;
-use pingora_core::connectors::TransportConnector;
-use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::access_log::{AccessLog, Record};
@@ -66,11 +62,10 @@ impl From<&ProxyConfig> for Settings {
 }
 
 /// Everything a client connection needs, shared by the listener
-/// ([`ProxyApp`]) and the clients an old process forwards during an upgrade
+/// ([`listener::Listener`]) and the clients an old process forwards during an upgrade
 /// ([`Forwarded`]).
 pub struct Proxy {
     table: Arc<SlotTable>,
-    connector: TransportConnector,
     settings: Settings,
     lifecycle: Arc<Lifecycle>,
     handoff: Arc<Handoff>,
@@ -92,7 +87,6 @@ impl Proxy {
     ) -> Arc<Self> {
         Arc::new(Self {
             table,
-            connector: TransportConnector::new(None),
             settings,
             lifecycle,
             handoff,
@@ -100,18 +94,6 @@ impl Proxy {
             rtmp,
             access_log,
         })
-    }
-
-    fn peer(&self, addr: SocketAddr) -> BasicPeer {
-        let mut options = PeerOptions::new();
-        options.connection_timeout = Some(self.settings.connect_timeout);
-        // A struct literal: `BasicPeer::new` parses a string and panics on
-        // failure.
-        BasicPeer {
-            _address: PingoraAddr::Inet(addr),
-            sni: String::new(),
-            options,
-        }
     }
 
     /// With a Redis slot store, the fleet-wide lease for a local slot;
@@ -142,13 +124,13 @@ impl Proxy {
         mut taken: Taken,
         client: &str,
         opening: &rtmp::Opening<'_>,
-    ) -> Result<(Taken, Stream, Vec<u8>), String> {
+    ) -> Result<(Taken, TcpStream, Vec<u8>), String> {
         let mut tried = Vec::new();
         loop {
             let addr = taken.slot.addr();
             tried.push(addr);
             let started = std::time::Instant::now();
-            let connected = self.connector.new_stream(&self.peer(addr)).await;
+            let connected = connect(addr, self.settings.connect_timeout).await;
             metrics::get()
                 .connect_time
                 .observe(started.elapsed().as_secs_f64());
@@ -158,8 +140,7 @@ impl Proxy {
                     // `stream` is closed here, before its slot is freed.
                     Err(e) => e,
                 },
-                // Pingora's own text repeats the whole peer definition.
-                Err(e) => format!("connect failed: {}", e.root_cause()),
+                Err(e) => format!("connect failed: {e}"),
             };
             warn!("{client}: backend {addr} {why}; trying another");
             self.table.set_health(addr, false, &why);
@@ -192,7 +173,7 @@ impl Proxy {
     }
 
     /// Serves one client; `pending` holds bytes already read from it.
-    async fn serve(&self, mut client: Stream, client_addr: &str, mut pending: Vec<u8>) {
+    async fn serve(&self, mut client: TcpStream, client_addr: &str, mut pending: Vec<u8>) {
         let _session = self.lifecycle.session();
         let m = metrics::get();
         m.accepted.inc();
@@ -259,7 +240,9 @@ impl Proxy {
         };
 
         // Step 2: a backend connection, sent what the client sent so far.
-        let opening = self.rtmp.opening(&client, client_addr, &pending);
+        let opening = self
+            .rtmp
+            .opening(|| rtmp::addresses(&client), client_addr, &pending);
         let (taken, mut backend, first) = match self.connect(taken, client_addr, &opening).await {
             Ok(opened) => opened,
             Err(why) => {
@@ -288,7 +271,7 @@ impl Proxy {
             reason,
             ..stream.as_ref().map(stream_fields).unwrap_or_default()
         };
-        let end = match write_all_flush(&mut client, &first).await {
+        let end = match write_all(&mut client, &first).await {
             Ok(()) => {
                 let copy = duplex::run(&mut client, &mut backend, &flow, idle, cut);
                 tokio::pin!(copy);
@@ -306,8 +289,11 @@ impl Proxy {
             Err(e) => duplex::End::Failed(Side::Client, e.to_string()),
         };
 
-        // Step 4: close the backend side, then free the slot.
-        close_backend(&mut backend).await;
+        // Step 4: close the backend side, then free the slot. After a
+        // clean end both FINs have crossed already.
+        if !matches!(end, duplex::End::Closed(_)) {
+            close_backend(&mut backend).await;
+        }
         drop(backend);
         taken.release().await;
 
@@ -350,27 +336,6 @@ impl Taken {
     }
 }
 
-/// The listener's side: Pingora hands every accepted connection here.
-pub struct ProxyApp(pub Arc<Proxy>);
-
-#[async_trait]
-impl ServerApp for ProxyApp {
-    /// Pingora's shutdown watch is ignored on purpose: it fires when the
-    /// listeners close, and streams must run on (see `lifecycle`).
-    async fn process_new(
-        self: &Arc<Self>,
-        io: Stream,
-        _shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let client_addr = io
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-            .unwrap_or_else(|| "unknown-client".into());
-        self.0.serve(io, &client_addr, Vec::new()).await;
-        None
-    }
-}
-
 /// Clients the old process passes over during an upgrade, served as if
 /// accepted here.
 pub struct Forwarded {
@@ -405,10 +370,7 @@ impl BackgroundService for Forwarded {
                 }
             };
             let proxy = self.proxy.clone();
-            tokio::spawn(async move {
-                let stream: Stream = Box::new(L4Stream::from(stream));
-                proxy.serve(stream, &c.peer, c.pending).await;
-            });
+            tokio::spawn(async move { proxy.serve(stream, &c.peer, c.pending).await });
         }
     }
 }
@@ -426,7 +388,7 @@ fn stream_fields(stream: &Registration) -> Record {
 
 /// Resolves when a queued client closes or fails. Whatever it sends
 /// meanwhile is kept for the backend, up to [`MAX_PENDING`].
-async fn watch_queued_client(client: &mut Stream, pending: &mut Vec<u8>) {
+async fn watch_queued_client(client: &mut TcpStream, pending: &mut Vec<u8>) {
     let mut buf = [0u8; 4096];
     loop {
         if pending.len() >= MAX_PENDING {
@@ -439,17 +401,38 @@ async fn watch_queued_client(client: &mut Stream, pending: &mut Vec<u8>) {
     }
 }
 
-async fn write_all_flush(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
     }
-    stream.write_all(bytes).await?;
-    stream.flush().await
+    stream.write_all(bytes).await
+}
+
+/// A fresh connection to a backend, with Nagle off like the client side.
+///
+/// A plain tokio socket rather than Pingora's `TransportConnector`, which
+/// is made for pooled HTTP upstreams: per connection it adds a bind option,
+/// a `getsockname` and a `TCP_NODELAY` probe on drop, none of which an L4
+/// stream uses, and its streams buffer small writes until a flush.
+async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket.set_nodelay(true)?;
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(connected) => connected,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("timed out after {timeout:?}"),
+        )),
+    }
 }
 
 /// Sends our FIN and waits (bounded) for the backend's, so that the backend
 /// has seen this connection end before its slot is given to someone else.
-async fn close_backend(backend: &mut Stream) {
+async fn close_backend<S: AsyncRead + AsyncWrite + Unpin>(backend: &mut S) {
     let _ = backend.shutdown().await;
     let _ = tokio::time::timeout(BACKEND_CLOSE_WAIT, async {
         let mut buf = [0u8; 4096];

@@ -24,9 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{info, warn};
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::duplex::Flow;
 use crate::config::{Protocol, ProxyConfig, SendProxy};
@@ -107,7 +106,11 @@ impl Rtmp {
     /// client, e.g. by a previous process) holds C0+C1, and checks it.
     /// Reads never go past C0+C1: the client sends nothing more before the
     /// backend's S0+S1 anyway.
-    pub async fn gate(&self, client: &mut Stream, pending: &mut Vec<u8>) -> Result<(), GateError> {
+    pub async fn gate<S: AsyncRead + Unpin>(
+        &self,
+        client: &mut S,
+        pending: &mut Vec<u8>,
+    ) -> Result<(), GateError> {
         if self.protocol != Protocol::Rtmp {
             return Ok(());
         }
@@ -152,16 +155,18 @@ impl Rtmp {
     }
 
     /// What every backend connection attempt for this client starts with.
+    /// `addrs` gives the client's addresses (see [`addresses`]), asked
+    /// only for a PROXY header.
     pub fn opening<'a>(
         &self,
-        client: &Stream,
+        addrs: impl FnOnce() -> Option<(SocketAddr, SocketAddr)>,
         client_addr: &str,
         pending: &'a [u8],
     ) -> Opening<'a> {
         let header = match self.send_proxy {
             SendProxy::Off => None,
             version => {
-                let addrs = addresses(client);
+                let addrs = addrs();
                 if addrs.is_none() {
                     warn!("{client_addr}: client addresses unknown; sending a PROXY header without them");
                 }
@@ -265,15 +270,22 @@ impl Opening<'_> {
     /// connection, then (`rtmp` mode) waits for the backend's first bytes
     /// and returns them. An error means the attempt failed and the backend
     /// should be treated like one that refused the connect.
-    pub async fn send(&self, backend: &mut Stream) -> Result<Vec<u8>, String> {
-        let header = self.header.as_deref().unwrap_or_default();
-        let write = async {
-            backend.write_all(header).await?;
-            backend.write_all(self.bytes).await?;
-            backend.flush().await
+    pub async fn send<S>(&self, backend: &mut S) -> Result<Vec<u8>, String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // One write, so header and bytes leave in one segment.
+        let joined;
+        let bytes = match &self.header {
+            Some(header) => {
+                joined = [header.as_slice(), self.bytes].concat();
+                &joined
+            }
+            None => self.bytes,
         };
-        if !header.is_empty() || !self.bytes.is_empty() {
-            write
+        if !bytes.is_empty() {
+            backend
+                .write_all(bytes)
                 .await
                 .map_err(|e| format!("failed before answering: {e}"))?;
         }
@@ -295,19 +307,11 @@ impl Opening<'_> {
 
 /// The client's address and the local address it connected to (not the
 /// listen address, which may be 0.0.0.0), as the PROXY header carries them.
-fn addresses(client: &Stream) -> Option<(SocketAddr, SocketAddr)> {
-    let digest = client.get_socket_digest().or_else(|| {
-        // Clients forwarded by a previous process carry no digest: read
-        // the socket itself.
-        use std::os::fd::AsRawFd;
-        let l4 = client.as_ref().as_any().downcast_ref::<L4Stream>()?;
-        Some(Arc::new(
-            pingora_core::protocols::SocketDigest::from_raw_fd(l4.as_raw_fd()),
-        ))
-    })?;
-    let peer = *digest.peer_addr()?.as_inet()?;
-    let local = *digest.local_addr()?.as_inet()?;
-    Some(canonical(peer, local))
+pub fn addresses(client: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
+    Some(canonical(
+        client.peer_addr().ok()?,
+        client.local_addr().ok()?,
+    ))
 }
 
 /// IPv4 clients of a dual-stack listener appear as `::ffff:a.b.c.d`; media
@@ -366,9 +370,8 @@ mod tests {
     }
 
     /// A proxy-side stream and the peer's end of it.
-    fn pipe() -> (Stream, DuplexStream) {
-        let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        (Box::new(ours), theirs)
+    fn pipe() -> (DuplexStream, DuplexStream) {
+        tokio::io::duplex(64 * 1024)
     }
 
     fn c0c1() -> Vec<u8> {
@@ -445,9 +448,8 @@ mod tests {
     #[tokio::test]
     async fn opening_sends_header_and_bytes_and_returns_the_first_answer() {
         let r = rtmp_mode("  send_proxy: v1\n");
-        let (client, _client_peer) = pipe();
         let bytes = c0c1();
-        let opening = r.opening(&client, "c", &bytes);
+        let opening = r.opening(|| None, "c", &bytes);
         let (mut backend, mut server) = pipe();
         let serve = async {
             let mut got = vec![0u8; 15 + C0C1_LEN];
@@ -457,7 +459,7 @@ mod tests {
         };
         let (first, got) = tokio::join!(opening.send(&mut backend), serve);
         assert_eq!(first.unwrap(), b"S0S1");
-        // A duplex stream has no addresses: the header says so.
+        // No addresses known: the header says so.
         assert_eq!(&got[..15], b"PROXY UNKNOWN\r\n");
         assert_eq!(&got[15..], bytes.as_slice());
     }
@@ -465,9 +467,8 @@ mod tests {
     #[tokio::test]
     async fn opening_fails_when_the_backend_closes_without_answering() {
         let r = rtmp_mode("");
-        let (client, _client_peer) = pipe();
         let bytes = c0c1();
-        let opening = r.opening(&client, "c", &bytes);
+        let opening = r.opening(|| None, "c", &bytes);
         let (mut backend, mut server) = pipe();
         let serve = async {
             let mut got = vec![0u8; C0C1_LEN];
@@ -481,7 +482,7 @@ mod tests {
         );
         // In tcp mode nothing is awaited.
         let r = rtmp_mode("  protocol: tcp\n");
-        let opening = r.opening(&client, "c", &[]);
+        let opening = r.opening(|| None, "c", &[]);
         let (mut backend, _server) = pipe();
         assert!(opening.send(&mut backend).await.unwrap().is_empty());
     }

@@ -1,0 +1,220 @@
+//! The proxy's listening sockets and accept loops.
+//!
+//! One accept loop per thread, each on a one-worker runtime of its own
+//! and on a socket of its own (`SO_REUSEPORT`): the kernel spreads new
+//! connections over the sockets, and a connection stays on the thread that
+//! accepted it until it closes, as in HAProxy and nginx. Pingora's
+//! listening service accepts on one task and spawns every connection onto
+//! a work-stealing pool; on this path that cost a wake-up of another
+//! thread and a context switch per connection (see `BENCHMARKS.md`).
+//!
+//! The sockets are entered in Pingora's table of listening descriptors as
+//! `<listen>`, `<listen>#1`, ..., so a graceful upgrade passes them all to
+//! the new process, which listens on them without ever closing one (a
+//! closed `SO_REUSEPORT` socket would reset the connections queued on it).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::{error, info, warn};
+use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::services::Service;
+use tokio::net::{TcpListener, TcpSocket};
+
+use super::Proxy;
+use crate::runtime;
+
+/// Pingora's listen backlog, kept.
+const BACKLOG: u32 = 65535;
+
+/// How long an accept loop rests after running out of descriptors or
+/// memory; the connection waits in the backlog meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The `proxy.listen` service.
+pub struct Listener {
+    proxy: Arc<Proxy>,
+    addr: String,
+    threads: usize,
+}
+
+impl Listener {
+    pub fn new(proxy: Arc<Proxy>, addr: &str, threads: usize) -> Self {
+        Self {
+            proxy,
+            addr: addr.to_string(),
+            threads: threads.max(1),
+        }
+    }
+
+    /// The sockets inherited from a previous process, then new ones up to
+    /// one per thread.
+    fn sockets(&self, fds: Option<&ListenFds>) -> Result<Vec<std::net::TcpListener>, String> {
+        let addr: SocketAddr = self
+            .addr
+            .parse()
+            .map_err(|e| format!("cannot listen on {}: {e}", self.addr))?;
+        let mut sockets = Vec::new();
+        if let Some(fds) = fds {
+            let (keys, raw) = fds.lock().serialize();
+            for (key, fd) in keys.iter().zip(raw) {
+                if self.is_ours(key) {
+                    // SAFETY: Pingora received this descriptor from the
+                    // previous process for our key, and nothing else in
+                    // this process uses it.
+                    let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                    sockets.push(socket);
+                }
+            }
+        }
+        let inherited = sockets.len();
+        while sockets.len() < self.threads {
+            let socket = match bind(addr) {
+                Ok(socket) => socket,
+                // An older process listened without SO_REUSEPORT: share its
+                // socket instead.
+                Err(e) if !sockets.is_empty() => {
+                    warn!("proxy.listen: one socket shared by all threads ({e})");
+                    sockets[0]
+                        .try_clone()
+                        .map_err(|e| format!("cannot listen on {addr}: {e}"))?
+                }
+                Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+            };
+            if let Some(fds) = fds {
+                fds.lock().add(self.key(sockets.len()), socket.as_raw_fd());
+            }
+            sockets.push(socket);
+        }
+        if inherited > 0 {
+            info!(
+                "proxy.listen: {inherited} listening sockets taken over from the previous process"
+            );
+        }
+        Ok(sockets)
+    }
+
+    fn key(&self, n: usize) -> String {
+        match n {
+            0 => self.addr.clone(),
+            n => format!("{}#{n}", self.addr),
+        }
+    }
+
+    fn is_ours(&self, key: &str) -> bool {
+        key == self.addr
+            || key
+                .strip_prefix(self.addr.as_str())
+                .and_then(|rest| rest.strip_prefix('#'))
+                .is_some_and(|n| n.parse::<usize>().is_ok())
+    }
+}
+
+/// A fresh listening socket that shares its address with its siblings.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)?.into_std()
+}
+
+#[async_trait]
+impl Service for Listener {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let sockets = match self.sockets(fds.as_ref()) {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                // The address was free at start-up (app.rs probes it).
+                error!("proxy.listen: {e}; exiting");
+                std::process::exit(70);
+            }
+        };
+        // More sockets than threads after an upgrade to fewer threads:
+        // some threads serve several.
+        let mut per_thread: Vec<Vec<std::net::TcpListener>> =
+            (0..self.threads).map(|_| Vec::new()).collect();
+        for (n, socket) in sockets.into_iter().enumerate() {
+            per_thread[n % self.threads].push(socket);
+        }
+        for (n, sockets) in per_thread.into_iter().enumerate() {
+            // After shutdown the runtime lives on with its connections
+            // until they end or the process exits (`lifecycle`'s drain).
+            let runtime = match runtime::dedicated(&format!("proxy-{n}")) {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    error!("proxy.listen: {e}; exiting");
+                    std::process::exit(70);
+                }
+            };
+            for socket in sockets {
+                runtime.spawn(accept_loop(socket, self.proxy.clone(), shutdown.clone()));
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        "rtmp proxy"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        // Pingora's runtime only starts the threads above.
+        Some(1)
+    }
+}
+
+async fn accept_loop(
+    socket: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    mut shutdown: ShutdownWatch,
+) {
+    let listener = match socket
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(socket))
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!("proxy.listen: cannot use a listening socket: {e}; exiting");
+            std::process::exit(70);
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            changed = shutdown.changed() => match changed {
+                Ok(()) if !*shutdown.borrow() => continue,
+                _ => break,
+            },
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                // Nagle off: RTMP control messages and acknowledgements
+                // are small and must not wait.
+                let _ = client.set_nodelay(true);
+                let proxy = proxy.clone();
+                tokio::spawn(
+                    async move { proxy.serve(client, &peer.to_string(), Vec::new()).await },
+                );
+            }
+            // The client is still queued in the backlog: nothing is lost.
+            Err(e) => {
+                warn!("proxy.listen: accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    info!("proxy.listen: no longer accepting");
+}
