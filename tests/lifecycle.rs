@@ -142,6 +142,13 @@ async fn no_connection_is_refused_or_reset_across_an_upgrade() {
         "{}",
         old.log_text()
     );
+    // Every listening socket (one per thread, `threads: 2`) went over.
+    assert!(
+        new.log_text()
+            .contains("2 listening sockets taken over from the previous process"),
+        "{}",
+        new.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

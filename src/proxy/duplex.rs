@@ -22,9 +22,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Most bytes one read takes. Bulk flows move 64 KiB per system call
-/// (HAProxy's default is 16 KiB); paced RTMP reads are far smaller.
-const READ_SIZE: usize = 64 * 1024;
+/// Most bytes one read takes (HAProxy's buffers hold 16 KiB). On loopback
+/// a single bulk stream measured 20 Gbit/s with 32 KiB, 13 with 16 KiB and
+/// 12 with 64 KiB; paced RTMP reads are far smaller anyway.
+const READ_SIZE: usize = 32 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -61,7 +61,7 @@ impl Listener {
         if let Some(fds) = fds {
             let (keys, raw) = fds.lock().serialize();
             for (key, fd) in keys.iter().zip(raw) {
-                if self.is_ours(key) {
+                if is_ours(&self.addr, key) {
                     // SAFETY: Pingora received this descriptor from the
                     // previous process for our key, and nothing else in
                     // this process uses it.
@@ -85,7 +85,8 @@ impl Listener {
                 Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
             };
             if let Some(fds) = fds {
-                fds.lock().add(self.key(sockets.len()), socket.as_raw_fd());
+                fds.lock()
+                    .add(key(&self.addr, sockets.len()), socket.as_raw_fd());
             }
             sockets.push(socket);
         }
@@ -96,21 +97,23 @@ impl Listener {
         }
         Ok(sockets)
     }
+}
 
-    fn key(&self, n: usize) -> String {
-        match n {
-            0 => self.addr.clone(),
-            n => format!("{}#{n}", self.addr),
-        }
+/// The descriptor table's key for socket `n` of `addr`.
+fn key(addr: &str, n: usize) -> String {
+    match n {
+        0 => addr.to_string(),
+        n => format!("{addr}#{n}"),
     }
+}
 
-    fn is_ours(&self, key: &str) -> bool {
-        key == self.addr
-            || key
-                .strip_prefix(self.addr.as_str())
-                .and_then(|rest| rest.strip_prefix('#'))
-                .is_some_and(|n| n.parse::<usize>().is_ok())
-    }
+/// Whether a descriptor table key names a socket of `addr`.
+fn is_ours(addr: &str, key: &str) -> bool {
+    key == addr
+        || key
+            .strip_prefix(addr)
+            .and_then(|rest| rest.strip_prefix('#'))
+            .is_some_and(|n| n.parse::<usize>().is_ok())
 }
 
 /// A fresh listening socket that shares its address with its siblings.
@@ -217,4 +220,25 @@ async fn accept_loop(
         }
     }
     info!("proxy.listen: no longer accepting");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sockets_of_one_address_are_told_apart_from_others() {
+        let addr = "0.0.0.0:1935";
+        assert_eq!(key(addr, 0), "0.0.0.0:1935");
+        assert_eq!(key(addr, 3), "0.0.0.0:1935#3");
+        assert!(is_ours(addr, &key(addr, 0)) && is_ours(addr, &key(addr, 1)));
+        for other in [
+            "0.0.0.0:19350",
+            "0.0.0.0:1935#",
+            "0.0.0.0:1935#x",
+            "0.0.0.0:8000",
+        ] {
+            assert!(!is_ours(addr, other), "{other}");
+        }
+    }
 }
