@@ -309,6 +309,7 @@ proxy:
   admin_listen: "127.0.0.1:{port + 2}"
 {protocol}  connect_timeout: 10s
   idle_timeout: 300s
+  access_log: "off"   # the peers log no line per connection either
   balance: roundrobin
   max_queue: 1024
   health_check:
@@ -902,9 +903,10 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
     w("  First round: (RSS with the first round open − RSS of the fresh process) / connections, the")
     w("  cost from cold. RSS is summed over the proxy's processes; kernel socket memory is in no one's RSS.")
     w("- Every peer is started fresh for each phase, on its own port, with 2 threads or workers:")
-    w("  rtmp-proxy `threads: 2`, `max_connections: 0`, default logging (one line per connection, to a")
-    w("  file); HAProxy `nbthread 2`, no logging, `timeout client/server 300s`; nginx `worker_processes 2`,")
-    w("  no access log, `proxy_timeout 300s`. Configs are written to the run's work directory.")
+    w("  rtmp-proxy `threads: 2`, `protocol: tcp`, `max_connections: 0`, `access_log: off`; HAProxy")
+    w("  `nbthread 2`, no logging, `timeout client/server 300s`; nginx `worker_processes 2`, no access")
+    w("  log, `proxy_timeout 300s`: no peer writes a line per connection. Configs are written to the")
+    w("  run's work directory.")
     w("")
     w("## Reproduce")
     w("")

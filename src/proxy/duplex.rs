@@ -9,14 +9,16 @@
 //! still flushes the writer whenever its reader has nothing (Pingora's
 //! connector buffers small writes) and propagates half-close.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -67,8 +69,9 @@ pub type ClientTap = Box<dyn FnMut(&[u8]) -> bool + Send>;
 /// Shared record of one connection's traffic.
 pub struct Flow {
     start: Instant,
-    /// Milliseconds since `start` of the last byte read from either side.
-    last_activity_ms: AtomicU64,
+    /// Set by every read, cleared by the idle check: a flag rather than a
+    /// clock reading per read.
+    active: AtomicBool,
     /// Bytes read from the client (towards the backend) and from the backend.
     pub from_client: AtomicU64,
     pub from_backend: AtomicU64,
@@ -84,7 +87,7 @@ impl Flow {
     pub fn new(counters: [IntCounter; 2]) -> Self {
         Self {
             start: Instant::now(),
-            last_activity_ms: AtomicU64::new(0),
+            active: AtomicBool::new(true),
             from_client: AtomicU64::new(0),
             from_backend: AtomicU64::new(0),
             first_end: OnceLock::new(),
@@ -108,8 +111,7 @@ impl Flow {
         };
         total.fetch_add(n, Ordering::Relaxed);
         counter.inc_by(n);
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(now, Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
     }
 
     fn ended(&self, end: End) {
@@ -119,22 +121,20 @@ impl Flow {
     pub fn duration(&self) -> Duration {
         self.start.elapsed()
     }
+}
 
-    /// Resolves once no byte has moved for `timeout`.
-    async fn idle(&self, timeout: Duration) {
-        loop {
-            let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
-            let deadline = self.start + last + timeout;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    }
+/// The timers of one connection's copy, on a single timer.
+pub struct Timers {
+    /// No byte either way for this long ends the copy ([`End::Idle`]),
+    /// checked every eighth of it: the end comes within 1/8 past it.
+    pub idle: Duration,
+    /// Time between two calls of the progress callback.
+    pub progress: Duration,
 }
 
 /// Copies both ways until both directions are closed, a side fails, the
-/// connection is idle for `idle_timeout`, or `cut` turns true.
+/// connection is idle (see [`Timers`]), or `cut` turns true; calls
+/// `progress` every `timers.progress` meanwhile.
 ///
 /// After [`End::Closed`] the caller drops both sides at once: the last
 /// FIN is left to that close rather than paid for with a `shutdown` call.
@@ -142,8 +142,9 @@ pub async fn run<C, B>(
     client: &mut C,
     backend: &mut B,
     flow: &Flow,
-    idle_timeout: Duration,
+    timers: Timers,
     mut cut: watch::Receiver<bool>,
+    mut progress: impl FnMut(),
 ) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -172,14 +173,95 @@ where
             Poll::Pending
         }
     });
-    tokio::select! {
-        result = copy => {
+    tokio::pin!(copy);
+    if *cut.borrow_and_update() {
+        return End::ShutdownCut;
+    }
+    // The idle check, progress and the cut, on one timer and one channel.
+    let watchdog = async {
+        let mut cut_open = true;
+        let step = (timers.idle / 8).max(Duration::from_millis(1));
+        let every = timers.progress.max(Duration::from_millis(1));
+        let now = Instant::now();
+        let (mut next_check, mut next_progress) = (now + step, now + every);
+        let mut last_seen = now;
+        let tick = tokio::time::sleep_until(next_check.min(next_progress));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                changed = cut.changed(), if cut_open => match changed {
+                    Ok(()) if *cut.borrow_and_update() => return End::ShutdownCut,
+                    Ok(()) => {}
+                    // No one can cut any more.
+                    Err(_) => cut_open = false,
+                },
+                () = &mut tick => {
+                    let now = Instant::now();
+                    if now >= next_check {
+                        if flow.active.swap(false, Ordering::Relaxed) {
+                            last_seen = now;
+                        } else if now.duration_since(last_seen) >= timers.idle {
+                            return End::Idle;
+                        }
+                        next_check = now + step;
+                    }
+                    if now >= next_progress {
+                        progress();
+                        next_progress = now + every;
+                    }
+                    tick.as_mut().reset(next_check.min(next_progress));
+                }
+            }
+        }
+    };
+    tokio::pin!(watchdog);
+    // Sockets wake the task for nearly every poll, and polling the
+    // watchdog then would cost a timer and a channel check per read: it
+    // gets a waker of its own and is polled only when that fired.
+    let flag = Arc::new(Flag {
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let flag_waker = Waker::from(flag.clone());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = copy.as_mut().poll(cx) {
             // A failure was recorded where it happened.
             let _: Result<(), Failed> = result;
-            flow.first_end.get().cloned().unwrap_or(End::Closed(Side::Client))
+            return Poll::Ready(
+                flow.first_end
+                    .get()
+                    .cloned()
+                    .unwrap_or(End::Closed(Side::Client)),
+            );
         }
-        () = flow.idle(idle_timeout) => End::Idle,
-        _ = cut.wait_for(|cut| *cut) => End::ShutdownCut,
+        flag.task.register(cx.waker());
+        if flag.woken.swap(false, Ordering::AcqRel) {
+            if let Poll::Ready(end) = watchdog
+                .as_mut()
+                .poll(&mut Context::from_waker(&flag_waker))
+            {
+                return Poll::Ready(end);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The watchdog's waker: notes that it fired, then wakes the task.
+struct Flag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
@@ -343,11 +425,18 @@ mod tests {
         Flow::new([c(), c()])
     }
 
+    fn timers(idle_secs: u64) -> Timers {
+        Timers {
+            idle: Duration::from_secs(idle_secs),
+            progress: Duration::from_secs(60),
+        }
+    }
+
     /// Runs the copy between two pipe ends and closes them, as the proxy
     /// does.
     async fn proxy(mut client: DuplexStream, mut backend: DuplexStream, f: &Flow) -> End {
         let (_keep, cut) = watch::channel(false);
-        run(&mut client, &mut backend, f, Duration::from_secs(5), cut).await
+        run(&mut client, &mut backend, f, timers(5), cut, || {}).await
     }
 
     #[tokio::test]
@@ -437,6 +526,51 @@ mod tests {
         assert_eq!(f.from_client.load(Ordering::Relaxed), sent.len() as u64);
     }
 
+    /// Idle is measured from the last byte: a connection that talked for a
+    /// while ends `idle` after it fell silent, not `idle` after it opened,
+    /// and progress is reported while it runs.
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_last_byte_and_progress_is_reported() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1024);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
+        let f = flow();
+        let (_keep, cut) = watch::channel(false);
+        let started = Instant::now();
+        let talk = async {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                client.write_all(b"x").await.unwrap();
+                let mut b = [0u8; 1];
+                backend.read_exact(&mut b).await.unwrap();
+            }
+            Instant::now()
+        };
+        let mut reports = 0;
+        let timers = Timers {
+            idle: Duration::from_secs(30),
+            progress: Duration::from_secs(60),
+        };
+        let copy = run(
+            &mut proxy_client,
+            &mut proxy_backend,
+            &f,
+            timers,
+            cut,
+            || reports += 1,
+        );
+        let (end, silent_since) = tokio::join!(copy, talk);
+        assert_eq!(end, End::Idle);
+        let idle_for = Instant::now() - silent_since;
+        assert!(idle_for >= Duration::from_secs(30), "{idle_for:?}");
+        assert!(
+            idle_for
+                < Duration::from_secs(30) + Duration::from_secs(30) / 8 + Duration::from_millis(10),
+            "{idle_for:?}"
+        );
+        // 200 s of talk and 30-34 s of silence: three progress reports.
+        assert_eq!(reports, 3, "after {:?}", Instant::now() - started);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_connections_end() {
         let (_client, mut proxy_client) = tokio::io::duplex(1024);
@@ -447,11 +581,34 @@ mod tests {
             &mut proxy_client,
             &mut proxy_backend,
             &f,
-            Duration::from_secs(30),
+            timers(30),
             cut,
+            || {},
         )
         .await;
         assert_eq!(end, End::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_ends_a_running_copy() {
+        let (_client, mut proxy_client) = tokio::io::duplex(1024);
+        let (mut proxy_backend, _backend) = tokio::io::duplex(1024);
+        let f = flow();
+        let (tx, cut) = watch::channel(false);
+        let cut_later = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_replace(true);
+        };
+        let copy = run(
+            &mut proxy_client,
+            &mut proxy_backend,
+            &f,
+            timers(30),
+            cut,
+            || {},
+        );
+        let (end, ()) = tokio::join!(copy, cut_later);
+        assert_eq!(end, End::ShutdownCut);
     }
 
     #[tokio::test]
@@ -465,8 +622,9 @@ mod tests {
             &mut proxy_client,
             &mut proxy_backend,
             &f,
-            Duration::from_secs(30),
+            timers(30),
             cut,
+            || {},
         )
         .await;
         assert_eq!(end, End::ShutdownCut);

@@ -257,7 +257,11 @@ impl Proxy {
         let flow = Arc::new(Flow::new(m.byte_counters()));
         let stream = self.rtmp.track(&flow, client_addr, backend_addr, &pending);
         let cut = self.lifecycle.cut_signal();
-        let idle = self.settings.idle_timeout;
+        let timers = duplex::Timers {
+            idle: self.settings.idle_timeout,
+            // Long streams log a progress line every interval.
+            progress: self.access_log.interval,
+        };
         flow.count(Side::Client, pending.len());
         flow.count(Side::Backend, first.len());
         let record = |event, reason| Record {
@@ -273,18 +277,8 @@ impl Proxy {
         };
         let end = match write_all(&mut client, &first).await {
             Ok(()) => {
-                let copy = duplex::run(&mut client, &mut backend, &flow, idle, cut);
-                tokio::pin!(copy);
-                // Long streams log a progress line every interval.
-                let every = self.access_log.interval;
-                let mut progress =
-                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tokio::select! {
-                        end = &mut copy => break end,
-                        _ = progress.tick() => self.access_log.write(record("progress", None)),
-                    }
-                }
+                let progress = || self.access_log.write(record("progress", None));
+                duplex::run(&mut client, &mut backend, &flow, timers, cut, progress).await
             }
             Err(e) => duplex::End::Failed(Side::Client, e.to_string()),
         };
@@ -421,7 +415,10 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStre
         TcpSocket::new_v6()
     }?;
     socket.set_nodelay(true)?;
-    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+    // Pingora's coarse timer (10 ms steps, on its own thread): a tokio
+    // timer that comes due before all others wakes the runtime's poller
+    // through its eventfd, a system call per connection.
+    match pingora_timeout::fast_timeout::fast_timeout(timeout, socket.connect(addr)).await {
         Ok(connected) => connected,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
