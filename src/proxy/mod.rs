@@ -382,15 +382,19 @@ fn stream_fields(stream: &Registration) -> Record {
 
 /// Resolves when a queued client closes or fails. Whatever it sends
 /// meanwhile is kept for the backend, up to [`MAX_PENDING`].
+///
+/// Reads go straight into `pending`: a buffer on the stack would live in
+/// every connection's task for as long as the connection does.
 async fn watch_queued_client(client: &mut TcpStream, pending: &mut Vec<u8>) {
-    let mut buf = [0u8; 4096];
     loop {
-        if pending.len() >= MAX_PENDING {
+        let room = MAX_PENDING.saturating_sub(pending.len());
+        if room == 0 {
             return std::future::pending().await;
         }
-        match client.read(&mut buf).await {
+        pending.reserve(room.min(4096));
+        match (&mut *client).take(room as u64).read_buf(pending).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Ok(_) => {}
         }
     }
 }
@@ -432,7 +436,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStre
 async fn close_backend<S: AsyncRead + AsyncWrite + Unpin>(backend: &mut S) {
     let _ = backend.shutdown().await;
     let _ = tokio::time::timeout(BACKEND_CLOSE_WAIT, async {
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 256];
         while let Ok(n) = backend.read(&mut buf).await {
             if n == 0 {
                 break;

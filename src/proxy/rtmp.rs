@@ -115,7 +115,6 @@ impl Rtmp {
             return Ok(());
         }
         let read = async {
-            let mut buf = [0u8; C0C1_LEN];
             loop {
                 // The version byte says "not RTMP" before the rest arrives.
                 if let Some(&v) = pending.first() {
@@ -124,17 +123,19 @@ impl Rtmp {
                     }
                 }
                 let need = C0C1_LEN.saturating_sub(pending.len());
-                let Some(room) = buf.get_mut(..need).filter(|b| !b.is_empty()) else {
+                if need == 0 {
                     return Ok(());
-                };
-                match client.read(room).await {
+                }
+                // Straight into `pending`: no buffer kept in the task.
+                pending.reserve(need);
+                match (&mut *client).take(need as u64).read_buf(pending).await {
                     Ok(0) => {
                         return Err(GateError::Incomplete {
                             got: pending.len(),
                             error: None,
                         })
                     }
-                    Ok(n) => pending.extend_from_slice(room.get(..n).unwrap_or_default()),
+                    Ok(_) => {}
                     Err(e) => {
                         return Err(GateError::Incomplete {
                             got: pending.len(),
