@@ -866,6 +866,8 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
     w("")
     w(f"![ratios to HAProxy]({png_name})")
     w("")
+    w("What the profiles showed and what was changed because of it: [benches/PROFILE.md](benches/PROFILE.md).")
+    w("")
     w("## Targets (rtmp-proxy, ratios in the same run)")
     w("")
     w("| target | measured | met |")

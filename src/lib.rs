@@ -19,7 +19,8 @@
 //! - [`lifecycle`]: signals, drains that never cut a live stream, and the
 //!   slot handoff of a binary upgrade ([`lifecycle::handoff`]).
 //! - [`proxy`]: one client connection from accept to close: slot, connect,
-//!   copy ([`proxy::duplex`]), release; [`proxy::rtmp`] adds the RTMP
+//!   copy ([`proxy::duplex`]), release; [`proxy::listener`] accepts, one
+//!   socket and runtime per thread; [`proxy::rtmp`] adds the RTMP
 //!   handshake gate, the backend's first-answer check, PROXY headers and
 //!   the passive stream observer.
 //! - [`streams`]: the stream directory (which stream runs on which

@@ -1,5 +1,5 @@
 //! The TCP proxy on `proxy.listen`: one task per client connection, from
-//! accept to the last byte.
+//! accept ([`listener`]) to the last byte.
 //!
 //! A connection goes through four steps: take a slot (waiting in the queue
 //! if the fleet is full), connect to the slot's backend (retrying other
