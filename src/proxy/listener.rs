@@ -193,13 +193,21 @@ async fn accept_loop(
             std::process::exit(70);
         }
     };
+    // One wait for shutdown for the whole loop: a fresh one per accept
+    // would join and leave the channel's waiter list (a lock shared by
+    // every thread) for each connection.
+    let stop = async {
+        while shutdown.changed().await.is_ok() {
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    };
+    tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             biased;
-            changed = shutdown.changed() => match changed {
-                Ok(()) if !*shutdown.borrow() => continue,
-                _ => break,
-            },
+            () = &mut stop => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
