@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use log::{error, info, warn};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 
 use super::Proxy;
 use crate::runtime;
@@ -118,11 +118,7 @@ fn is_ours(addr: &str, key: &str) -> bool {
 
 /// A fresh listening socket that shares its address with its siblings.
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }?;
+    let socket = super::tcp_socket(addr)?;
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(addr)?;

@@ -413,11 +413,7 @@ async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> 
 /// a `getsockname` and a `TCP_NODELAY` probe on drop, none of which an L4
 /// stream uses, and its streams buffer small writes until a flush.
 async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }?;
+    let socket = tcp_socket(addr)?;
     socket.set_nodelay(true)?;
     // Pingora's coarse timer (10 ms steps, on its own thread): a tokio
     // timer that comes due before all others wakes the runtime's poller
@@ -428,6 +424,15 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStre
             std::io::ErrorKind::TimedOut,
             format!("timed out after {timeout:?}"),
         )),
+    }
+}
+
+/// A TCP socket of `addr`'s family.
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
     }
 }
 
