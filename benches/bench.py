@@ -60,11 +60,11 @@ LABEL = {
 FIGURES = ["tput", "cps", "lat", "ingest", "idle"]
 
 FULL = dict(
-    tput_iters=3,
+    tput_iters=5,
     tput_seconds=3,
-    cps_seconds=6,
+    cps_seconds=10,
     cps_concurrency=32,
-    lat_seconds=4,
+    lat_seconds=8,
     ingest_conns=1000,
     ingest_seconds=30,
     idle_conns=5000,
