@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Parser)]
 #[command(about = "rtmp-proxy benchmark load client and backends (loopback only)")]
@@ -187,8 +187,19 @@ fn loopback(target: SocketAddr) -> Result<SocketAddr, String> {
 
 /// Echo or sink backend until `max_seconds`.
 async fn serve(listen: SocketAddr, max_seconds: u64, echo: bool) -> Res {
-    let listener = TcpListener::bind(listen)
-        .await
+    // A deep accept queue: a proxy opening a thousand backend connections
+    // at once must not overflow it (a dropped handshake costs the client a
+    // retransmission, seconds later).
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("listen {listen}: {e}"))?;
+    let listener = socket
+        .set_reuseaddr(true)
+        .and_then(|()| socket.bind(listen))
+        .and_then(|()| socket.listen(4096))
         .map_err(|e| format!("listen {listen}: {e}"))?;
     let accept = async {
         loop {
