@@ -83,6 +83,10 @@ impl AccessLog {
     }
 
     pub fn write(&self, mut record: Record) {
+        // Off, only rejections are kept (for the stats page).
+        if self.sink.is_none() && record.event != "rejected" {
+            return;
+        }
         record.time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         if record.event == "rejected" {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());

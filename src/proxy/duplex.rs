@@ -6,8 +6,8 @@
 //! so a connection holds heap only while a writer pushes back. Most RTMP
 //! connections sit between small paced reads, and with a fixed buffer per
 //! direction each would keep tens of KiB resident for nothing. The loop
-//! still flushes the writer whenever its reader has nothing (Pingora's
-//! connector buffers small writes) and propagates half-close.
+//! flushes the writer whenever its reader has nothing (for writers that
+//! buffer; a tokio socket does not) and propagates half-close.
 
 use std::future::Future;
 use std::io;

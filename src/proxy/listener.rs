@@ -6,7 +6,7 @@
 //! accepted it until it closes, as in HAProxy and nginx. Pingora's
 //! listening service accepts on one task and spawns every connection onto
 //! a work-stealing pool; on this path that cost a wake-up of another
-//! thread and a context switch per connection (see `BENCHMARKS.md`).
+//! thread and a context switch per connection (see `benches/PROFILE.md`).
 //!
 //! The sockets are entered in Pingora's table of listening descriptors as
 //! `<listen>`, `<listen>#1`, ..., so a graceful upgrade passes them all to
@@ -116,6 +116,13 @@ fn is_ours(addr: &str, key: &str) -> bool {
             .is_some_and(|n| n.parse::<usize>().is_ok())
 }
 
+/// The proxy port cannot be served: the process must not stay half up
+/// (the exit code of the panic hook in `main.rs`).
+fn fatal(why: impl std::fmt::Display) -> ! {
+    error!("proxy.listen: {why}; exiting");
+    std::process::exit(70)
+}
+
 /// A fresh listening socket that shares its address with its siblings.
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = super::tcp_socket(addr)?;
@@ -133,14 +140,8 @@ impl Service for Listener {
         shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        let sockets = match self.sockets(fds.as_ref()) {
-            Ok(sockets) => sockets,
-            Err(e) => {
-                // The address was free at start-up (app.rs probes it).
-                error!("proxy.listen: {e}; exiting");
-                std::process::exit(70);
-            }
-        };
+        // The address was free at start-up (app.rs probes it).
+        let sockets = self.sockets(fds.as_ref()).unwrap_or_else(|e| fatal(e));
         // More sockets than threads after an upgrade to fewer threads:
         // some threads serve several.
         let mut per_thread: Vec<Vec<std::net::TcpListener>> =
@@ -151,13 +152,7 @@ impl Service for Listener {
         for (n, sockets) in per_thread.into_iter().enumerate() {
             // After shutdown the runtime lives on with its connections
             // until they end or the process exits (`lifecycle`'s drain).
-            let runtime = match runtime::dedicated(&format!("proxy-{n}")) {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    error!("proxy.listen: {e}; exiting");
-                    std::process::exit(70);
-                }
-            };
+            let runtime = runtime::dedicated(&format!("proxy-{n}")).unwrap_or_else(|e| fatal(e));
             for socket in sockets {
                 runtime.spawn(accept_loop(socket, self.proxy.clone(), shutdown.clone()));
             }
@@ -179,16 +174,10 @@ async fn accept_loop(
     proxy: Arc<Proxy>,
     mut shutdown: ShutdownWatch,
 ) {
-    let listener = match socket
+    let listener = socket
         .set_nonblocking(true)
         .and_then(|()| TcpListener::from_std(socket))
-    {
-        Ok(listener) => listener,
-        Err(e) => {
-            error!("proxy.listen: cannot use a listening socket: {e}; exiting");
-            std::process::exit(70);
-        }
-    };
+        .unwrap_or_else(|e| fatal(format!("cannot use a listening socket: {e}")));
     // One wait for shutdown for the whole loop: a fresh one per accept
     // would join and leave the channel's waiter list (a lock shared by
     // every thread) for each connection.

@@ -275,7 +275,7 @@ impl Proxy {
             reason,
             ..stream.as_ref().map(stream_fields).unwrap_or_default()
         };
-        let end = match write_all(&mut client, &first).await {
+        let end = match client.write_all(&first).await {
             Ok(()) => {
                 let progress = || self.access_log.write(record("progress", None));
                 duplex::run(&mut client, &mut backend, &flow, timers, cut, progress).await
@@ -397,13 +397,6 @@ async fn watch_queued_client(client: &mut TcpStream, pending: &mut Vec<u8>) {
             Ok(_) => {}
         }
     }
-}
-
-async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    stream.write_all(bytes).await
 }
 
 /// A fresh connection to a backend, with Nagle off like the client side.
