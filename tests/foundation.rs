@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The backends section, with [`RAW_TCP`]: these clients send no RTMP.
 fn statics(lines: &[String]) -> String {
@@ -300,4 +300,49 @@ fn an_unbindable_listen_address_exits_at_once() {
         "{out}"
     );
     assert!(out.contains("in use"), "{out}");
+}
+
+/// `idle_timeout` closes a connection with no byte either way, and only
+/// such a one: a client that talks more often than the timeout keeps its
+/// connection through several timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_timeout_closes_silent_connections_only() {
+    let backend = Backend::start("b", Mode::TaggedEcho).await;
+    let proxy = Proxy::start(&format!(
+        "  idle_timeout: 2s\n{}",
+        statics(&[backend.yaml(10, 2)])
+    ))
+    .await;
+    let mut talker = proxy.connect().await;
+    let mut silent = proxy.connect().await;
+    for s in [&mut talker, &mut silent] {
+        assert_eq!(
+            read_tag(s, Duration::from_secs(10)).await.as_deref(),
+            Some("b")
+        );
+    }
+    // A byte there and back every 200 ms for 6 s: three idle timeouts.
+    for i in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        talker.write_all(b"x").await.unwrap();
+        let mut echo = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), talker.read_exact(&mut echo)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "round {i}: the talking client lost its connection: {read:?}\n{}",
+            proxy.log_text()
+        );
+    }
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the silent client was not closed: {closed:?}"
+    );
+    let log = proxy.log_text();
+    assert_eq!(
+        log.matches("\"reason\":\"idle_timeout\"").count(),
+        1,
+        "{log}"
+    );
 }
