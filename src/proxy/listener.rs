@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use log::{error, info, warn};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
+use socket2::SockRef;
 use tokio::net::TcpListener;
 
 use super::Proxy;
@@ -66,6 +67,10 @@ impl Listener {
                     // previous process for our key, and nothing else in
                     // this process uses it.
                     let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                    // An older process may not have set it.
+                    SockRef::from(&socket)
+                        .set_tcp_nodelay(true)
+                        .map_err(|e| format!("cannot use an inherited socket: {e}"))?;
                     sockets.push(socket);
                 }
             }
@@ -128,6 +133,10 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = super::tcp_socket(addr)?;
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
+    // Accepted connections inherit it: Nagle off without a system call
+    // per connection (RTMP control messages and acknowledgements are small
+    // and must not wait).
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)?.into_std()
 }
@@ -197,9 +206,6 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, peer)) => {
-                // Nagle off: RTMP control messages and acknowledgements
-                // are small and must not wait.
-                let _ = client.set_nodelay(true);
                 let proxy = proxy.clone();
                 tokio::spawn(
                     async move { proxy.serve(client, &peer.to_string(), Vec::new()).await },
@@ -218,6 +224,14 @@ async fn accept_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_nagle_off() {
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let _client = std::net::TcpStream::connect(socket.local_addr().unwrap()).unwrap();
+        let (accepted, _) = socket.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 
     #[test]
     fn the_sockets_of_one_address_are_told_apart_from_others() {

@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use log::{debug, info, warn};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -401,23 +402,48 @@ async fn watch_queued_client(client: &mut TcpStream, pending: &mut Vec<u8>) {
 
 /// A fresh connection to a backend, with Nagle off like the client side.
 ///
-/// A plain tokio socket rather than Pingora's `TransportConnector`, which
-/// is made for pooled HTTP upstreams: per connection it adds a bind option,
-/// a `getsockname` and a `TCP_NODELAY` probe on drop, none of which an L4
-/// stream uses, and its streams buffer small writes until a flush.
+/// Neither Pingora's `TransportConnector` (made for pooled HTTP upstreams:
+/// per connection a bind option, a `getsockname` and a `TCP_NODELAY` probe
+/// on drop, and streams that buffer small writes until a flush) nor
+/// tokio's `TcpSocket::connect`, which asks `getsockopt(SO_ERROR)` after
+/// every connect: the poller already tells. A connecting socket turns
+/// writable once the handshake is done, and a failed one reports a
+/// hang-up, so the error is asked for only then.
 async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let socket = tcp_socket(addr)?;
-    socket.set_nodelay(true)?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Err(e) if e.raw_os_error() != Some(nix::libc::EINPROGRESS) => return Err(e),
+        _ => {}
+    }
+    let stream = TcpStream::from_std(socket.into())?;
     // Pingora's coarse timer (10 ms steps, on its own thread): a tokio
     // timer that comes due before all others wakes the runtime's poller
     // through its eventfd, a system call per connection.
-    match pingora_timeout::fast_timeout::fast_timeout(timeout, socket.connect(addr)).await {
-        Ok(connected) => connected,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("timed out after {timeout:?}"),
-        )),
+    let ready = match pingora_timeout::fast_timeout::fast_timeout(
+        timeout,
+        stream.ready(Interest::WRITABLE),
+    )
+    .await
+    {
+        Ok(ready) => ready?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {timeout:?}"),
+            ))
+        }
+    };
+    if ready.is_write_closed() || ready.is_error() {
+        return Err(stream
+            .take_error()?
+            .unwrap_or_else(|| std::io::ErrorKind::NotConnected.into()));
     }
+    Ok(stream)
 }
 
 /// A TCP socket of `addr`'s family.
@@ -442,4 +468,21 @@ async fn close_backend<S: AsyncRead + AsyncWrite + Unpin>(backend: &mut S) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_tells_a_refusal_from_a_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        let stream = connect(open, Duration::from_secs(5)).await.unwrap();
+        assert!(stream.nodelay().unwrap());
+        drop(listener);
+        // Nothing listens there now.
+        let e = connect(open, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    }
 }
