@@ -82,6 +82,11 @@ impl AccessLog {
         })
     }
 
+    /// Whether lines are written at all (rejections are kept regardless).
+    pub fn is_on(&self) -> bool {
+        self.sink.is_some()
+    }
+
     pub fn write(&self, mut record: Record) {
         // Off, only rejections are kept (for the stats page).
         if self.sink.is_none() && record.event != "rejected" {

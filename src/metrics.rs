@@ -6,7 +6,7 @@
 //! Labels stay bounded: reasons, directions, discovery sources and backend
 //! addresses (the fleet), never a client address or a stream key.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use prometheus::{
     register_gauge, register_gauge_vec, register_histogram, register_int_counter,
@@ -39,6 +39,8 @@ pub struct Metrics {
     pub streams_identified: IntCounterVec,
     /// `protocol: rtmp`: connections the observer could not follow.
     pub streams_unknown: IntCounterVec,
+    /// `bytes` by direction, looked up once rather than per connection.
+    byte_pair: OnceLock<[IntCounter; 2]>,
 }
 
 // Registration fails only on a duplicate name or a malformed one, both
@@ -161,6 +163,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["reason"]
     )
     .expect("metric registration"),
+    byte_pair: OnceLock::new(),
 }
 });
 
@@ -188,10 +191,14 @@ pub fn get() -> &'static Metrics {
 impl Metrics {
     /// Byte counters for client-to-backend and backend-to-client.
     pub fn byte_counters(&self) -> [IntCounter; 2] {
-        [
-            self.bytes.with_label_values(&["client_to_backend"]),
-            self.bytes.with_label_values(&["backend_to_client"]),
-        ]
+        self.byte_pair
+            .get_or_init(|| {
+                [
+                    self.bytes.with_label_values(&["client_to_backend"]),
+                    self.bytes.with_label_values(&["backend_to_client"]),
+                ]
+            })
+            .clone()
     }
 }
 

@@ -293,23 +293,30 @@ impl Proxy {
         taken.release().await;
 
         m.closed.with_label_values(&[end.reason()]).inc();
-        let mut detail = match &end {
-            duplex::End::Failed(_, e) => format!(" ({e})"),
-            _ => String::new(),
+        // Formatted only for a reader: with the access log off, nothing.
+        let detail = || {
+            let mut detail = match &end {
+                duplex::End::Failed(_, e) => format!(" ({e})"),
+                _ => String::new(),
+            };
+            if let Some(stream) = &stream {
+                detail.push_str(&format!(", {}", stream.describe()));
+            }
+            detail
         };
-        if let Some(stream) = &stream {
-            detail.push_str(&format!(", {}", stream.describe()));
+        if self.access_log.is_on() {
+            let mut last = record("end", Some(end.reason()));
+            last.detail =
+                Some(detail().trim_start_matches([',', ' ']).to_string()).filter(|d| !d.is_empty());
+            self.access_log.write(last);
         }
-        let mut last = record("end", Some(end.reason()));
-        last.detail =
-            Some(detail.trim_start_matches([',', ' ']).to_string()).filter(|d| !d.is_empty());
-        self.access_log.write(last);
         debug!(
-            "{client_addr} -> {backend_addr}: {} bytes up, {} bytes down, {:.1?}, {}{detail}",
+            "{client_addr} -> {backend_addr}: {} bytes up, {} bytes down, {:.1?}, {}{}",
             flow.from_client.load(std::sync::atomic::Ordering::Relaxed),
             flow.from_backend.load(std::sync::atomic::Ordering::Relaxed),
             flow.duration(),
             end.reason(),
+            detail(),
         );
     }
 }
