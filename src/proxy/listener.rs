@@ -1,17 +1,20 @@
-//! The proxy's listening sockets and accept loops.
+//! The proxy's listening socket and accept loops.
 //!
-//! One accept loop per thread, each on a one-worker runtime of its own
-//! and on a socket of its own (`SO_REUSEPORT`): the kernel spreads new
-//! connections over the sockets, and a connection stays on the thread that
-//! accepted it until it closes, as in HAProxy and nginx. Pingora's
-//! listening service accepts on one task and spawns every connection onto
-//! a work-stealing pool; on this path that cost a wake-up of another
-//! thread and a context switch per connection (see `benches/PROFILE.md`).
+//! One accept loop per thread, each on a one-worker runtime of its own,
+//! all on the one listening socket: whichever thread is free takes the
+//! next client, and a connection stays on the thread that accepted it
+//! until it closes. Pingora's listening service accepts on one task and
+//! spawns every connection onto a work-stealing pool; on this path that
+//! cost a wake-up of another thread and a context switch per connection.
+//! A socket per thread (`SO_REUSEPORT`) was measured too: the kernel's
+//! even spread kept every thread waking for its share, and on a busy
+//! machine that cost 10% of connections/s (see `benches/PROFILE.md`).
 //!
-//! The sockets are entered in Pingora's table of listening descriptors as
-//! `<listen>`, `<listen>#1`, ..., so a graceful upgrade passes them all to
-//! the new process, which listens on them without ever closing one (a
-//! closed `SO_REUSEPORT` socket would reset the connections queued on it).
+//! The socket is entered in Pingora's table of listening descriptors as
+//! `<listen>`, so a graceful upgrade passes it to the new process, which
+//! listens on it without ever closing it. A process of an earlier version
+//! had one socket per thread (`<listen>#1`, ...): all of them are taken
+//! over and served.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -51,8 +54,7 @@ impl Listener {
         }
     }
 
-    /// The sockets inherited from a previous process, then new ones up to
-    /// one per thread.
+    /// The sockets inherited from a previous process, or a new one.
     fn sockets(&self, fds: Option<&ListenFds>) -> Result<Vec<std::net::TcpListener>, String> {
         let addr: SocketAddr = self
             .addr
@@ -75,44 +77,23 @@ impl Listener {
                 }
             }
         }
-        let inherited = sockets.len();
-        while sockets.len() < self.threads {
-            let socket = match bind(addr) {
-                Ok(socket) => socket,
-                // An older process listened without SO_REUSEPORT: share its
-                // socket instead.
-                Err(e) if !sockets.is_empty() => {
-                    warn!("proxy.listen: one socket shared by all threads ({e})");
-                    sockets[0]
-                        .try_clone()
-                        .map_err(|e| format!("cannot listen on {addr}: {e}"))?
-                }
-                Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
-            };
-            if let Some(fds) = fds {
-                fds.lock()
-                    .add(key(&self.addr, sockets.len()), socket.as_raw_fd());
-            }
-            sockets.push(socket);
-        }
-        if inherited > 0 {
+        if !sockets.is_empty() {
             info!(
-                "proxy.listen: {inherited} listening sockets taken over from the previous process"
+                "proxy.listen: {} listening socket(s) taken over from the previous process",
+                sockets.len()
             );
+            return Ok(sockets);
         }
-        Ok(sockets)
+        let socket = bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        if let Some(fds) = fds {
+            fds.lock().add(self.addr.clone(), socket.as_raw_fd());
+        }
+        Ok(vec![socket])
     }
 }
 
-/// The descriptor table's key for socket `n` of `addr`.
-fn key(addr: &str, n: usize) -> String {
-    match n {
-        0 => addr.to_string(),
-        n => format!("{addr}#{n}"),
-    }
-}
-
-/// Whether a descriptor table key names a socket of `addr`.
+/// Whether a descriptor table key names a socket of `addr` (`<addr>`, or
+/// `<addr>#n` from an earlier version).
 fn is_ours(addr: &str, key: &str) -> bool {
     key == addr
         || key
@@ -128,11 +109,10 @@ fn fatal(why: impl std::fmt::Display) -> ! {
     std::process::exit(70)
 }
 
-/// A fresh listening socket that shares its address with its siblings.
+/// A fresh listening socket.
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = super::tcp_socket(addr)?;
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
     // Accepted connections inherit it: Nagle off without a system call
     // per connection (RTMP control messages and acknowledgements are small
     // and must not wait).
@@ -151,13 +131,16 @@ impl Service for Listener {
     ) {
         // The address was free at start-up (app.rs probes it).
         let sockets = self.sockets(fds.as_ref()).unwrap_or_else(|e| fatal(e));
-        // More sockets than threads after an upgrade to fewer threads:
-        // some threads serve several.
-        let mut per_thread: Vec<Vec<std::net::TcpListener>> =
-            (0..self.threads).map(|_| Vec::new()).collect();
-        for (n, socket) in sockets.into_iter().enumerate() {
-            per_thread[n % self.threads].push(socket);
+        // Every thread accepts on every socket, each through a descriptor
+        // of its own (its runtime's poller registers it). The first thread
+        // keeps the originals, whose numbers are in the descriptor table.
+        let mut per_thread = Vec::with_capacity(self.threads);
+        for _ in 1..self.threads {
+            let clones: Result<Vec<_>, _> = sockets.iter().map(|s| s.try_clone()).collect();
+            per_thread
+                .push(clones.unwrap_or_else(|e| fatal(format!("cannot share the socket: {e}"))));
         }
+        per_thread.insert(0, sockets);
         for (n, sockets) in per_thread.into_iter().enumerate() {
             // After shutdown the runtime lives on with its connections
             // until they end or the process exits (`lifecycle`'s drain).
@@ -236,9 +219,7 @@ mod tests {
     #[test]
     fn the_sockets_of_one_address_are_told_apart_from_others() {
         let addr = "0.0.0.0:1935";
-        assert_eq!(key(addr, 0), "0.0.0.0:1935");
-        assert_eq!(key(addr, 3), "0.0.0.0:1935#3");
-        assert!(is_ours(addr, &key(addr, 0)) && is_ours(addr, &key(addr, 1)));
+        assert!(is_ours(addr, "0.0.0.0:1935") && is_ours(addr, "0.0.0.0:1935#3"));
         for other in [
             "0.0.0.0:19350",
             "0.0.0.0:1935#",
