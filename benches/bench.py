@@ -3,7 +3,8 @@
 
 Started by benches/run (which installs the peers and builds the binaries).
 Every peer runs in the foreground as a child of this script, on its own
-port, in front of the same backends; every load is bounded in time; every
+port, in front of the same backends (for connections/s and latency, each
+in front of an echo backend of its own); every load is bounded in time; every
 process started here is stopped here (by its own id), whatever happens.
 
 Figures, each for direct (no proxy), rtmp-proxy, HAProxy (tcp), HAProxy
@@ -255,8 +256,8 @@ class Bench:
 
     # ---- backends
 
-    def start_backend(self, kind):
-        port = self.port[kind]
+    def start_backend(self, kind, port=None):
+        port = port or self.port[kind]
         if kind == "iperf":
             p = self.procs.start("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)])
         else:
@@ -442,11 +443,13 @@ stream {{
         return targets[k:] + targets[:k]
 
     def start_all(self, targets, backend_port):
-        """Every target in front of one backend at once (idle ones cost nothing)."""
+        """Every target at once (idle ones cost nothing), in front of one
+        backend, or each in front of its own (`backend_port`: target -> port)."""
         started = {}
         try:
             for t in targets:
-                started[t] = self.start_proxy(t, backend_port)
+                port = backend_port[t] if isinstance(backend_port, dict) else backend_port
+                started[t] = self.start_proxy(t, port)
         except Exception:
             self.stop_all(started)
             raise
@@ -473,8 +476,21 @@ stream {{
             self.procs.stop(srv)
 
     def phase_cps_lat(self, targets, figures):
-        srv = self.start_backend("echo")
-        started = self.start_all(targets, self.port["echo"])
+        # An echo backend of its own for each target. Through one shared
+        # backend address every target's backend connections share one
+        # TIME_WAIT space, and a connect's port search cost what the target
+        # before it had left there: the ratios moved by up to 10% with the
+        # order of the targets.
+        ports = {t: self.base + 3100 + k for k, t in enumerate(targets)}
+        srvs = []
+        try:
+            for t in targets:
+                srvs.append(self.start_backend("echo", ports[t]))
+            started = self.start_all(targets, ports)
+        except Exception:
+            for srv in srvs:
+                self.procs.stop(srv)
+            raise
         addr = {t: f"127.0.0.1:{port}" for t, (_, port) in started.items()}
         args = [a for t in targets for a in ("--target", addr[t])]
         try:
@@ -515,7 +531,8 @@ stream {{
                             self.add(t, "add_p99", r["p99_us"] - direct["p99_us"])
         finally:
             self.stop_all(started)
-            self.procs.stop(srv)
+            for srv in srvs:
+                self.procs.stop(srv)
 
     def phase_ingest(self, targets):
         c = self.cfg
@@ -941,7 +958,7 @@ def main():
     ap.add_argument("--baseline-label", default="rtmp-proxy (baseline build)",
                     help="column name for --baseline-bin in the report")
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "24100")),
-                    help="first of the ~3000 ports used; keep it below the ephemeral range")
+                    help="first of the ~3200 ports used; keep it below the ephemeral range")
     ap.add_argument("--out", help="report path (default BENCHMARKS.md, or the work directory for --smoke)")
     ap.add_argument("--workdir", help="configs, logs and results.json (default target/bench/<time>)")
     args = ap.parse_args()
@@ -978,7 +995,7 @@ def main():
     bench.targets = targets
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         lo, hi = (int(x) for x in f.read().split())
-    if args.port_base + 3000 > lo and args.port_base < hi:
+    if args.port_base + 3200 > lo and args.port_base < hi:
         sys.exit(f"--port-base {args.port_base}: ports overlap the ephemeral range {lo}-{hi}")
     busy = [port for port in bench.port.values() if listening(port)]
     if busy:

@@ -53,7 +53,8 @@ enum Mode {
     },
     /// New connections per second: `concurrency` workers each connect, send
     /// `size` bytes, read them back and close. With several `--target`s the
-    /// workers take turns at them in `slice_ms` slices, so every target
+    /// workers take turns at them in `slice_ms` slices (in a fresh random
+    /// order each round), so every target
     /// sees the same machine (noise spreads evenly); `seconds` per target.
     Cps {
         #[arg(long, required = true)]
@@ -295,13 +296,20 @@ async fn cps(
     let slices = ((seconds * 1000.0) / slice.as_millis() as f64)
         .ceil()
         .max(1.0) as usize;
+    // A fresh order every round: a target's first connections pay for
+    // what the target before it left in the kernel (sockets closing, in
+    // TIME_WAIT), so in a fixed order one target would always follow the
+    // same neighbour. Seeded: every run takes the same turns.
+    let mut rng = fastrand::Rng::with_seed(1935);
+    let mut order: Vec<usize> = (0..n).collect();
     let mut time_on = vec![0f64; n];
     for _ in 0..slices {
-        for (k, t) in time_on.iter_mut().enumerate() {
+        rng.shuffle(&mut order);
+        for &k in &order {
             current.store(k, Ordering::Relaxed);
             let t0 = Instant::now();
             tokio::time::sleep(slice).await;
-            *t += t0.elapsed().as_secs_f64();
+            time_on[k] += t0.elapsed().as_secs_f64();
         }
     }
     stop.store(true, Ordering::Relaxed);
