@@ -1,6 +1,6 @@
 //! The proxy's listening socket and accept loops.
 //!
-//! One accept loop per thread, each on a one-worker runtime of its own,
+//! One accept loop per thread, each on a single-thread runtime of its own,
 //! all on the one listening socket: whichever thread is free takes the
 //! next client, and a connection stays on the thread that accepted it
 //! until it closes. Pingora's listening service accepts on one task and
