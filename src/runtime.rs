@@ -19,7 +19,7 @@ pub fn dedicated(name: &str) -> Result<Handle, String> {
         .build()
         .map_err(|e| format!("{name} runtime: {e}"))?;
     let handle = runtime.handle().clone();
-    // The runtime's owner parks here for good.
+    // This thread runs the runtime's tasks for good.
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))

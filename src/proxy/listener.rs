@@ -32,7 +32,7 @@ use super::Proxy;
 use crate::runtime;
 
 /// Pingora's listen backlog, kept.
-const BACKLOG: u32 = 65535;
+const BACKLOG: i32 = 65535;
 
 /// How long an accept loop rests after running out of descriptors or
 /// memory; the connection waits in the backlog meanwhile.
@@ -109,16 +109,15 @@ fn fatal(why: impl std::fmt::Display) -> ! {
     std::process::exit(70)
 }
 
-/// A fresh listening socket.
+/// A fresh listening socket. Accepted connections inherit its Nagle off,
+/// without a system call each (RTMP control messages and acknowledgements
+/// are small and must not wait).
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = super::tcp_socket(addr)?;
-    socket.set_reuseaddr(true)?;
-    // Accepted connections inherit it: Nagle off without a system call
-    // per connection (RTMP control messages and acknowledgements are small
-    // and must not wait).
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)?.into_std()
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 #[async_trait]
@@ -208,8 +207,8 @@ async fn accept_loop(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn accepted_connections_inherit_nagle_off() {
+    #[test]
+    fn accepted_connections_inherit_nagle_off() {
         let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let _client = std::net::TcpStream::connect(socket.local_addr().unwrap()).unwrap();
         let (accepted, _) = socket.accept().unwrap();

@@ -24,7 +24,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::access_log::{AccessLog, Record};
@@ -417,12 +417,7 @@ async fn watch_queued_client(client: &mut TcpStream, pending: &mut Vec<u8>) {
 /// writable once the handshake is done, and a failed one reports a
 /// hang-up, so the error is asked for only then.
 async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    socket.set_tcp_nodelay(true)?;
+    let socket = tcp_socket(addr)?;
     match socket.connect(&addr.into()) {
         Err(e) if e.raw_os_error() != Some(nix::libc::EINPROGRESS) => return Err(e),
         _ => {}
@@ -453,13 +448,17 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStre
     Ok(stream)
 }
 
-/// A TCP socket of `addr`'s family.
-fn tcp_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
-    if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
+/// A non-blocking TCP socket of `addr`'s family with Nagle off, made in
+/// one `socket` call: for backends, and for the listener, whose accepted
+/// sockets inherit `TCP_NODELAY`.
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket)
 }
 
 /// Sends our FIN and waits (bounded) for the backend's, so that the backend
