@@ -73,17 +73,34 @@ impl Proxy {
     }
 
     /// Like [`Proxy::start`], with top-level (Pingora) YAML lines too.
+    ///
+    /// A port from [`free_port`] is free when picked, but another test can
+    /// take it before the proxy binds it: a proxy that exits because an
+    /// address is in use is started again on fresh ports (three tries).
     pub async fn start_full(top: &str, extra: &str, env: &[(&str, String)]) -> Proxy {
-        let proxy = Self::spawn_full(top, extra, env);
-        // Not probed through the proxy port: a probe would be a client.
-        let (admin, health) = (proxy.admin, proxy.health);
-        let up = wait_until(Duration::from_secs(20), || {
-            http_get_blocking(admin, "/backends").is_ok()
-                && http_get_blocking(health, "/health").is_ok()
-        })
-        .await;
-        assert!(up, "proxy did not come up; log:\n{}", proxy.log_text());
-        proxy
+        for _ in 0..3 {
+            let mut proxy = Self::spawn_full(top, extra, env);
+            // Not probed through the proxy port: a probe would be a client.
+            let (admin, health) = (proxy.admin, proxy.health);
+            let mut exited = false;
+            let up = wait_until(Duration::from_secs(20), || {
+                exited = matches!(proxy.child.try_wait(), Ok(Some(_)));
+                exited
+                    || (http_get_blocking(admin, "/backends").is_ok()
+                        && http_get_blocking(health, "/health").is_ok())
+            })
+            .await;
+            if exited && proxy.log_text().contains("Address already in use") {
+                continue;
+            }
+            assert!(
+                up && !exited,
+                "proxy did not come up; log:\n{}",
+                proxy.log_text()
+            );
+            return proxy;
+        }
+        panic!("proxy found its ports taken in three tries");
     }
 
     /// Writes the config and starts the process without waiting.
