@@ -69,9 +69,11 @@ impl Listener {
                     // previous process for our key, and nothing else in
                     // this process uses it.
                     let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-                    // An older process may not have set it.
-                    SockRef::from(&socket)
-                        .set_tcp_nodelay(true)
+                    // What `bind` sets, which an older process may not
+                    // have. The threads' duplicates share both.
+                    let sock = SockRef::from(&socket);
+                    sock.set_nonblocking(true)
+                        .and_then(|()| sock.set_tcp_nodelay(true))
                         .map_err(|e| format!("cannot use an inherited socket: {e}"))?;
                     sockets.push(socket);
                 }
@@ -165,9 +167,8 @@ async fn accept_loop(
     proxy: Arc<Proxy>,
     mut shutdown: ShutdownWatch,
 ) {
-    let listener = socket
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(socket))
+    // Non-blocking already: made so (`bind`) or set when taken over.
+    let listener = TcpListener::from_std(socket)
         .unwrap_or_else(|e| fatal(format!("cannot use a listening socket: {e}")));
     // One wait for shutdown for the whole loop: a fresh one per accept
     // would join and leave the channel's waiter list (a lock shared by
