@@ -58,7 +58,7 @@ LABEL = {
     "haproxy-splice": "HAProxy splice",
     "nginx": "nginx",
 }
-FIGURES = ["tput", "cps", "lat", "ingest", "idle"]
+FIGURES = ["tput", "cps", "lat", "ingest", "idle", "burst"]
 
 FULL = dict(
     tput_iters=5,
@@ -69,7 +69,9 @@ FULL = dict(
     ingest_conns=1000,
     ingest_seconds=30,
     idle_conns=5000,
-    deadline=15 * 60,
+    burst_conns=1000,
+    burst_settle=60,
+    deadline=20 * 60,
 )
 SMOKE = dict(
     tput_iters=1,
@@ -78,6 +80,8 @@ SMOKE = dict(
     cps_concurrency=8,
     lat_seconds=1,
     ingest_conns=50,
+    burst_conns=50,
+    burst_settle=2,
     ingest_seconds=2,
     idle_conns=200,
     deadline=4 * 60,
@@ -288,8 +292,10 @@ class Bench:
                 return port
         raise RuntimeError("no free ports")
 
-    def start_proxy(self, target, backend_port):
-        """Starts one peer in front of 127.0.0.1:backend_port; returns (proc, port)."""
+    def start_proxy(self, target, backend_port, max_connections=0):
+        """Starts one peer in front of 127.0.0.1:backend_port; returns (proc, port).
+
+        `max_connections` (rtmp-proxy only): the backend's cap, 0 = unlimited."""
         if target == "direct":
             return None, backend_port
         port = self.fresh_ports()
@@ -312,13 +318,14 @@ proxy:
   idle_timeout: 300s
   access_log: "off"   # the peers log no line per connection either
   balance: roundrobin
-  max_queue: 1024
+  max_queue: {max(1024, 2 * self.cfg["burst_conns"])}
+  queue_timeout: 300s
   health_check:
     interval: 3600s   # one check at start; a check is a bogus client to iperf3
   backends:
     static:
       - addr: "127.0.0.1:{backend_port}"
-        max_connections: 0
+        max_connections: {max_connections}
 """
                 )
             env = dict(os.environ)
@@ -622,6 +629,53 @@ stream {{
                 self.stop_proxy(t, p)
                 self.procs.stop(srv)
 
+    def phase_burst(self, targets):
+        """RSS before, during and after bursts the proxy must give back: a full
+        fleet with a queue of clients that each sent 64 KiB, plus idle HTTP
+        clients holding half a request on the health port. Two rounds: memory
+        an allocator keeps from the first must not grow in the second."""
+        n, settle = self.cfg["burst_conns"], self.cfg["burst_settle"]
+        for t in [x for x in targets if x.startswith("rtmp-proxy")]:
+            srv = self.start_backend("echo")
+            p, port = self.start_proxy(t, self.port["echo"], max_connections=1)
+            held = []
+            try:
+                before = settle_rss(p.pid)
+                for rnd in (1, 2):
+                    # The one slot, taken and proven by an echo.
+                    holder = socket.create_connection(("127.0.0.1", port), timeout=10)
+                    held.append(holder)
+                    holder.sendall(b"x")
+                    holder.recv(1)
+                    chunk = b"\0" * 65536
+                    for _ in range(n):
+                        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                        held.append(s)
+                        s.sendall(chunk)
+                    for _ in range(n):
+                        try:
+                            s = socket.create_connection(("127.0.0.1", port + 1), timeout=10)
+                            held.append(s)
+                            s.sendall(b"GET /health HTTP/1.1\r\nHost: bench\r\n")
+                        except OSError:
+                            break  # refused over a cap: what the cap is for
+                    during = settle_rss(p.pid)
+                    for s in held:
+                        s.close()
+                    held.clear()
+                    time.sleep(settle)
+                    after = status_kib(tree(p.pid), "VmRSS")
+                    log(f"burst {t} round {rnd}: RSS before {before / 1024:.1f} MiB, during "
+                        f"{during / 1024:.1f}, {settle} s after {after / 1024:.1f}")
+                    self.add(t, "burst_before", before / 1024)
+                    self.add(t, f"burst_during{rnd}", during / 1024)
+                    self.add(t, f"burst_after{rnd}", after / 1024)
+            finally:
+                for s in held:
+                    s.close()
+                self.stop_proxy(t, p)
+                self.procs.stop(srv)
+
 
 def read_line(p, timeout):
     """One line of a child's stdout, waiting at most `timeout` seconds."""
@@ -720,6 +774,12 @@ ROWS = [
      "{:.1f}"),
     ("idle_first_kib", "RSS per idle proxied connection, first round of {idle_conns:,} (fresh process)", "KiB",
      False, "{:.1f}"),
+    ("burst_before", "Burst: RSS of the fresh process", "MiB", False, "{:.1f}"),
+    ("burst_during1", "Burst 1: RSS with {burst_conns:,} queued clients (64 KiB each) + {burst_conns:,} half-sent "
+     "health requests", "MiB", False, "{:.1f}"),
+    ("burst_after1", "Burst 1: RSS {burst_settle} s after it ended", "MiB", False, "{:.1f}"),
+    ("burst_during2", "Burst 2 (same again): RSS during", "MiB", False, "{:.1f}"),
+    ("burst_after2", "Burst 2: RSS {burst_settle} s after it ended", "MiB", False, "{:.1f}"),
 ]
 
 
@@ -923,6 +983,11 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
     w("  connections; memory an allocator or pool keeps from the first round is not counted again.")
     w("  First round: (RSS with the first round open − RSS of the fresh process) / connections, the")
     w("  cost from cold. RSS is summed over the proxy's processes; kernel socket memory is in no one's RSS.")
+    w(f"- **Burst**: rtmp-proxy only (the others have no queue or health port). One backend with")
+    w(f"  `max_connections: 1`, taken by one client; then {cfg['burst_conns']:,} clients that each send 64 KiB and")
+    w(f"  wait in the queue, and {cfg['burst_conns']:,} connections to the health port that each send half a")
+    w(f"  request; all closed together, then RSS again {cfg['burst_settle']} s later. Twice in one process: memory")
+    w("  kept after a burst is what a small container pays for good.")
     w("- Every peer is started fresh for each phase, on its own port, with 2 threads or workers:")
     w("  rtmp-proxy `threads: 2`, `protocol: tcp`, `max_connections: 0`, `access_log: off`; HAProxy")
     w("  `nbthread 2`, no logging, `timeout client/server 300s`; nginx `worker_processes 2`, no access")
@@ -1027,6 +1092,8 @@ def main():
             bench.phase_ingest(targets)
         if "idle" in figures:
             bench.phase_idle(targets)
+        if "burst" in figures:
+            bench.phase_burst(targets)
     except (Deadline, RuntimeError, KeyboardInterrupt) as e:
         failed = f"{type(e).__name__}: {e}"
         log(f"stopped: {failed}")
@@ -1057,12 +1124,15 @@ def main():
     # Smoke: every peer started and every asked-for figure was produced.
     if args.smoke or failed:
         want_figs = {"tput": ["tput1", "tput8"], "cps": ["cps"], "lat": ["lat_p50", "lat_p99"],
-                     "ingest": ["ingest_cpu", "ingest_rss"], "idle": ["idle_kib"]}
+                     "ingest": ["ingest_cpu", "ingest_rss"], "idle": ["idle_kib"],
+                     "burst": ["burst_after2"]}
         missing = []
         for fg in figures:
             for key in want_figs[fg]:
                 for t in targets:
                     if t == "direct" and fg in ("ingest", "idle"):
+                        continue
+                    if fg == "burst" and not t.startswith("rtmp-proxy"):
                         continue
                     if (t, key) not in med:
                         missing.append(f"{t}/{key}")
