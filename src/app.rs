@@ -36,6 +36,7 @@ use crate::health_check::ReportingCheck;
 use crate::http::{Admin, AdminState, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
+use crate::memory;
 use crate::metrics;
 use crate::protection::Protection;
 use crate::proxy::{listener::Listener, rtmp::Rtmp, Forwarded, Proxy, Settings};
@@ -123,6 +124,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
     }
 
     metrics::init();
+    memory::trim_periodically();
     let shared = match (&proxy.slots.store, &proxy.slots.url) {
         (SlotStore::Redis, Some(url)) => Some(SharedSlots::start(
             url,

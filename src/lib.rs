@@ -33,6 +33,7 @@
 //! - [`http`]: the public health endpoint and the private admin API with
 //!   the stats page (`stats.html`).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`memory`]: hands heap memory freed after a burst back to the system.
 //! - [`protection`]: ECS task scale-in protection for busy media servers
 //!   and for the proxy's own task, on its own runtime thread.
 //! - [`runtime`]: the dedicated runtimes such work runs on.
@@ -45,6 +46,7 @@ pub mod discovery;
 pub mod health_check;
 pub mod http;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod protection;
 pub mod proxy;
