@@ -1224,6 +1224,61 @@ mod tests {
         assert_eq!(e, "/dev/zero: config file larger than 1024 KiB");
     }
 
+    /// A stable stand-in for `fuzz/fuzz_targets/config.rs` that runs with
+    /// every `cargo test`: the repo's configs, mutated, never panic.
+    #[test]
+    fn mutated_configs_never_panic() {
+        let seeds = [
+            include_str!("../conf/rtmp-proxy.yaml"),
+            include_str!("../deploy/rtmp-proxy.yaml"),
+        ];
+        let tokens = [
+            "0s",
+            "99999999999999999s",
+            "-1",
+            "18446744073709551616",
+            "1e400",
+            "[::]:1935",
+            "{",
+            "}",
+            "[",
+            "\n  ",
+            ": ",
+            "- ",
+            "&a ",
+            "*a",
+            "!!binary ",
+            "~",
+            "'",
+            "\"",
+            "threads: ",
+            "proxy:",
+            "\t",
+            "<<: *a",
+        ];
+        let mut rng = fastrand::Rng::with_seed(18);
+        for i in 0..5000 {
+            let mut text = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..rng.usize(1..8) {
+                let at = rng.usize(0..=text.len());
+                match rng.u8(0..3) {
+                    0 => {
+                        let t = tokens[rng.usize(0..tokens.len())];
+                        text.splice(at..at, t.bytes());
+                    }
+                    1 if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ if at < text.len() => text[at] = rng.u8(..),
+                    _ => {}
+                }
+            }
+            if let Ok(t) = std::str::from_utf8(&text) {
+                let _ = parse(t);
+            }
+        }
+    }
+
     #[test]
     fn global_cap() {
         assert_eq!(parse("proxy: {}\n").unwrap().global_cap(), None);
