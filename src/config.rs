@@ -16,11 +16,139 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-/// The whole file as we see it: only `proxy:` is ours.
-#[derive(Debug, Deserialize)]
+/// The whole file as we see it: only `proxy:` is ours; of Pingora's keys
+/// we check `threads` and that no other key is unknown to it.
+#[derive(Debug)]
 pub struct File {
     /// Our settings. Pingora's keys at the top level are read by Pingora.
     pub proxy: ProxyConfig,
+}
+
+/// The top-level keys Pingora's `ServerConf` knows (pingora-core 0.9.1,
+/// `src/server/configuration/mod.rs`, `pub struct ServerConf`): any other
+/// top-level key but `proxy` is a typo that Pingora would silently ignore.
+const PINGORA_KEYS: &[&str] = &[
+    "version",
+    "daemon",
+    "error_log",
+    "pid_file",
+    "upgrade_sock",
+    "user",
+    "group",
+    "working_directory",
+    "threads",
+    "listener_tasks_per_fd",
+    "work_stealing",
+    "runtime_enable_alt_timer",
+    "ca_file",
+    "grace_period_seconds",
+    "graceful_shutdown_timeout_seconds",
+    "upstream_keepalive_pool_size",
+    "upstream_connect_offload_threadpools",
+    "upstream_connect_offload_thread_per_pool",
+    "downstream_tls_offload_threadpools",
+    "downstream_tls_offload_thread_per_pool",
+    "upstream_debug_ssl_keylog",
+    "max_retries",
+    "upgrade_sock_connect_accept_max_retries",
+    "max_blocking_threads",
+    "blocking_threads_ttl_seconds",
+    "fast_timeout_to_tokio_threshold_seconds",
+    "runtime_metrics_poll_time_histogram",
+    "runtime_metrics_poll_time_histogram_scale",
+    "runtime_metrics_poll_time_histogram_resolution_micros",
+    "runtime_metrics_poll_time_histogram_buckets",
+    "daemon_wait_for_ready",
+    "daemon_ready_timeout_seconds",
+    "daemon_notify_timeout_seconds",
+];
+
+/// Pingora's `threads`: each is a runtime with its own listener task.
+const MAX_THREADS: u64 = 256;
+
+impl<'de> Deserialize<'de> for File {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FileVisitor;
+        impl<'de> Visitor<'de> for FileVisitor {
+            type Value = File;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping with a `proxy` key")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<File, A::Error> {
+                let mut proxy = None;
+                // Bounded by the file size cap.
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "proxy" => proxy = Some(map.next_value::<ProxyConfig>()?),
+                        "threads" => {
+                            map.next_value_seed(CountSeed(1, MAX_THREADS))?;
+                        }
+                        k if PINGORA_KEYS.contains(&k) => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                        _ => map.next_value_seed(UnknownKey)?,
+                    }
+                }
+                proxy
+                    .map(|proxy| File { proxy })
+                    .ok_or_else(|| de::Error::missing_field("proxy"))
+            }
+        }
+        d.deserialize_map(FileVisitor)
+    }
+}
+
+/// Fails on the value of an unknown top-level key, so that the error
+/// carries the key's path and the value's line.
+struct UnknownKey;
+
+impl<'de> de::DeserializeSeed<'de> for UnknownKey {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl UnknownKey {
+    fn fail<E: de::Error>(&self) -> Result<(), E> {
+        Err(E::custom(
+            "unknown top-level key (expected `proxy` or one of Pingora's server keys, e.g. `threads`)",
+        ))
+    }
+}
+
+impl<'de> Visitor<'de> for UnknownKey {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no value: the key is unknown")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.fail()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.fail()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.fail()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.fail()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.fail()
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.fail()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.fail()
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.fail()
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.fail()
+    }
 }
 
 /// Everything under `proxy:`.
@@ -39,12 +167,18 @@ pub struct ProxyConfig {
     #[serde(default = "default_admin_listen", deserialize_with = "listen_addr")]
     pub admin_listen: String,
     /// Time allowed for one TCP connect to a backend. Default `10s`.
-    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "duration_in::<_, 1, 300_000>"
+    )]
     pub connect_timeout: Duration,
     /// A proxied connection with no bytes in either direction for this long is
     /// closed on both sides (checked every eighth of it, so the close comes
     /// at most 1/8 later). Default `30s`.
-    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "duration_in::<_, 100, 86_400_000>"
+    )]
     pub idle_timeout: Duration,
     /// How a backend is chosen among the healthy ones with a free slot.
     /// Default `roundrobin`.
@@ -55,16 +189,19 @@ pub struct ProxyConfig {
     /// `max_connections` (the replaced HAProxy design's `maxconn = number of
     /// servers`), since each backend's own cap already bounds it, and follows
     /// the fleet as discovery changes it. `0` also means unset.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_count_in::<_, 0, 1_000_000>")]
     pub max_connections: Option<usize>,
     /// How long a client may wait in the queue for a free slot before it is
     /// closed (reason `queue_timeout`). Default: `connect_timeout`, like
     /// HAProxy's `timeout queue`.
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "optional_duration_in::<_, 1, 86_400_000>")]
     pub queue_timeout: Option<Duration>,
     /// How many clients may wait at once; one more is closed at once (reason
     /// `queue_full`). `0` disables queueing. Default `1024`.
-    #[serde(default = "default_max_queue")]
+    #[serde(
+        default = "default_max_queue",
+        deserialize_with = "count_in::<_, 0, 1_000_000>"
+    )]
     pub max_queue: usize,
     /// Where the JSON access log goes: `stderr` (default), `off`, or a file
     /// path (appended to). One line per client connection when it ends.
@@ -72,17 +209,26 @@ pub struct ProxyConfig {
     pub access_log: String,
     /// Time between two progress lines of a live connection in the access
     /// log. Default `60s`.
-    #[serde(default = "default_access_log_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_access_log_interval",
+        deserialize_with = "duration_in::<_, 100, 86_400_000>"
+    )]
     pub access_log_interval: Duration,
     /// After SIGTERM, how long the listener keeps accepting (and serving)
     /// new clients while `/health` already answers 503, so Route53 or the
     /// NLB can move new publishers elsewhere first. Default `10s`.
-    #[serde(default = "default_drain_delay", deserialize_with = "duration")]
+    #[serde(
+        default = "default_drain_delay",
+        deserialize_with = "duration_in::<_, 0, 3_600_000>"
+    )]
     pub drain_delay: Duration,
     /// After the listeners close (SIGTERM, or SIGQUIT for an upgrade), live
     /// streams run on until they end or this much time has passed; then
     /// they are cut and the process exits. Default `6h`.
-    #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_drain_timeout",
+        deserialize_with = "duration_in::<_, 0, 604_800_000>"
+    )]
     pub drain_timeout: Duration,
     /// Where backend slots are counted: this process only, or fleet-wide
     /// in Redis for several proxies behind one DNS name or load balancer.
@@ -95,7 +241,10 @@ pub struct ProxyConfig {
     pub protocol: Protocol,
     /// `rtmp` only: how long a new client may take to send C0+C1 (1537
     /// bytes) before it is closed (reason `handshake_timeout`). Default `5s`.
-    #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_handshake_timeout",
+        deserialize_with = "duration_in::<_, 100, 300_000>"
+    )]
     pub handshake_timeout: Duration,
     /// PROXY protocol header sent first on every backend connection, so
     /// media servers see the client's address: `off` (default), `v1`
@@ -170,10 +319,16 @@ pub enum SendProxy {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Time between two TCP connect checks of a backend. Default `2s`.
-    #[serde(default = "default_check_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_check_interval",
+        deserialize_with = "duration_in::<_, 100, 86_400_000>"
+    )]
     pub interval: Duration,
     /// Time allowed for one check's connect. Default `1s`.
-    #[serde(default = "default_check_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_check_timeout",
+        deserialize_with = "duration_in::<_, 1, 300_000>"
+    )]
     pub timeout: Duration,
 }
 
@@ -199,7 +354,10 @@ pub struct SlotsConfig {
     pub url: Option<String>,
     /// How long a stream's lease lives without renewal (renewed every
     /// third of it): a crashed proxy's slots free after this. Default `15s`.
-    #[serde(default = "default_lease", deserialize_with = "duration")]
+    #[serde(
+        default = "default_lease",
+        deserialize_with = "duration_in::<_, 1_000, 3_600_000>"
+    )]
     pub lease: Duration,
     /// Prefix (and Redis Cluster hash tag) of every key. Default
     /// `rtmp-proxy`.
@@ -267,7 +425,10 @@ pub struct CloudMapConfig {
     #[serde(default)]
     pub health_status: HealthStatus,
     /// Time between two `DiscoverInstances` calls. Default `5s`.
-    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    #[serde(
+        default = "default_refresh",
+        deserialize_with = "duration_in::<_, 100, 3_600_000>"
+    )]
     pub refresh: Duration,
     /// Attribute filters Cloud Map applies (`DiscoverInstances`'
     /// `QueryParameters`). Default none.
@@ -278,7 +439,10 @@ pub struct CloudMapConfig {
     pub weight: usize,
     /// Cap of an instance without a `max_connections` attribute. Default `1`;
     /// `0` = unlimited.
-    #[serde(default = "default_backend_max_connections")]
+    #[serde(
+        default = "default_backend_max_connections",
+        deserialize_with = "count_in::<_, 0, 1_000_000>"
+    )]
     pub max_connections: usize,
 }
 
@@ -320,12 +484,18 @@ pub struct ProtectionConfig {
     pub expires: Duration,
     /// How often a protection is renewed while streams live. Default: half
     /// of `expires`; at least `1s` and shorter than `expires`.
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "optional_duration_in::<_, 1_000, 172_800_000>"
+    )]
     pub renew_every: Option<Duration>,
     /// How long a server (or the proxy itself) must stay without a stream
     /// before its protection is released, so a publisher that reconnects
     /// does not make it flap. Default `30s`.
-    #[serde(default = "default_release_after", deserialize_with = "duration")]
+    #[serde(
+        default = "default_release_after",
+        deserialize_with = "duration_in::<_, 0, 604_800_000>"
+    )]
     pub release_after: Duration,
     /// ECS API endpoint override (a local test double); the SDK also reads
     /// `AWS_ENDPOINT_URL_ECS`. Default: AWS.
@@ -373,7 +543,10 @@ pub struct StaticBackend {
     pub weight: usize,
     /// Most proxied connections this backend holds at once. Default `1` (one
     /// ffmpeg per media server); `0` means unlimited.
-    #[serde(default = "default_backend_max_connections")]
+    #[serde(
+        default = "default_backend_max_connections",
+        deserialize_with = "count_in::<_, 0, 1_000_000>"
+    )]
     pub max_connections: usize,
 }
 
@@ -468,11 +641,30 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Largest config file read: a real one is a few KiB.
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+
 /// Reads and checks the file at `path`, returning its text (for Pingora's
 /// own parse) and our section.
 pub fn load(path: &Path) -> Result<(String, ProxyConfig), ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
+    use std::io::Read;
+    let cannot = |e: std::io::Error| {
+        ConfigError(format!("{}: cannot read config file: {e}", path.display()))
+    };
+    let mut text = String::new();
+    // `-c /dev/zero` must not read forever.
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_FILE_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(ConfigError(format!(
+            "{}: config file larger than {} KiB",
+            path.display(),
+            MAX_FILE_SIZE / 1024
+        )));
+    }
     let proxy = parse(&text).map_err(|e| ConfigError(format!("{}:{e}", path.display())))?;
     Ok((text, proxy))
 }
@@ -492,6 +684,8 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
             }
         })?;
     let proxy = file.proxy;
+    check_listeners(&proxy)?;
+    check_duplicate_backends(&proxy.backends.static_)?;
     if proxy.slots.store == SlotStore::Redis && proxy.slots.url.is_none() {
         return Err(ConfigError(
             "proxy.slots.url: required when proxy.slots.store is redis (e.g. redis://127.0.0.1:6379/0)".into(),
@@ -507,6 +701,53 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
         )));
     }
     Ok(proxy)
+}
+
+/// Two listeners on one address would share (or fight for) one socket.
+/// They overlap when their ports are equal and their IPs are equal, or one
+/// is unspecified in the same family; `[::]` overlaps both families
+/// (a dual-stack socket on Linux by default).
+fn check_listeners(p: &ProxyConfig) -> Result<(), ConfigError> {
+    let listeners = [
+        ("proxy.listen", &p.listen),
+        ("proxy.health_listen", &p.health_listen),
+        ("proxy.admin_listen", &p.admin_listen),
+    ];
+    let addrs: Vec<(&str, SocketAddr)> = listeners
+        .iter()
+        .filter_map(|(k, v)| v.parse().ok().map(|a| (*k, a)))
+        .collect();
+    for (i, (k1, a)) in addrs.iter().enumerate() {
+        for (k2, b) in &addrs[i + 1..] {
+            if overlap(*a, *b) {
+                return Err(ConfigError(format!(
+                    "{k2}: {b} overlaps {k1} ({a}): each listener needs its own address or port"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let dual = |x: SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || dual(a)
+            || dual(b)
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+fn check_duplicate_backends(list: &[StaticBackend]) -> Result<(), ConfigError> {
+    for (i, b) in list.iter().enumerate() {
+        if let Some(j) = list[..i].iter().position(|a| a.addr == b.addr) {
+            return Err(ConfigError(format!(
+                "proxy.backends.static[{i}].addr: {} is listed twice (also proxy.backends.static[{j}])",
+                b.addr
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// serde_yaml's message without its own (less precise) key path prefix and
@@ -561,15 +802,77 @@ pub(crate) fn parse_duration(v: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {v:?} ({e}; e.g. 10s, 500ms)"))
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_str(StrVisitor(
-        "a duration such as 10s or 500ms",
-        parse_duration,
-    ))
+/// A duration from `MIN` to `MAX` milliseconds: every duration key has
+/// bounds, so no later `Instant + d` or `d * n` can overflow, and none is
+/// zero where zero would make no sense.
+fn duration_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
+    d: D,
+) -> Result<Duration, D::Error> {
+    d.deserialize_str(StrVisitor("a duration such as 10s or 500ms", |v: &str| {
+        let d = parse_duration(v)?;
+        let (min, max) = (Duration::from_millis(MIN), Duration::from_millis(MAX));
+        if d < min || d > max {
+            return Err(format!(
+                "{v:?} out of range ({} to {})",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(d)
+    }))
 }
 
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
+fn optional_duration_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration_in::<D, MIN, MAX>(d).map(Some)
+}
+
+/// An integer from `.0` to `.1`.
+struct CountSeed(u64, u64);
+
+impl<'de> de::DeserializeSeed<'de> for CountSeed {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_u64(self)
+    }
+}
+
+impl Visitor<'_> for CountSeed {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an integer from {} to {}", self.0, self.1)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+        match usize::try_from(v) {
+            Ok(n) if (self.0..=self.1).contains(&v) => Ok(n),
+            _ => Err(E::custom(format!(
+                "{v} out of range ({} to {})",
+                self.0, self.1
+            ))),
+        }
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.visit_u64(v),
+            Err(_) => Err(E::custom(format!(
+                "{v} out of range ({} to {})",
+                self.0, self.1
+            ))),
+        }
+    }
+}
+
+fn count_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
+    d: D,
+) -> Result<usize, D::Error> {
+    de::DeserializeSeed::deserialize(CountSeed(MIN, MAX), d)
+}
+
+fn optional_count_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    count_in::<D, MIN, MAX>(d).map(Some)
 }
 
 /// `expiresInMinutes` as a duration: whole minutes, 1 to 2,880.
@@ -772,6 +1075,208 @@ mod tests {
             e.starts_with("3: proxy.scale_in_protection.enable: unknown field"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_duration_is_bounded() {
+        for (key, line) in [
+            ("connect_timeout", "  connect_timeout: {}"),
+            ("idle_timeout", "  idle_timeout: {}"),
+            ("queue_timeout", "  queue_timeout: {}"),
+            ("access_log_interval", "  access_log_interval: {}"),
+            ("drain_delay", "  drain_delay: {}"),
+            ("drain_timeout", "  drain_timeout: {}"),
+            ("handshake_timeout", "  handshake_timeout: {}"),
+            ("health_check.interval", "  health_check:\n    interval: {}"),
+            ("health_check.timeout", "  health_check:\n    timeout: {}"),
+            ("slots.lease", "  slots:\n    lease: {}"),
+            (
+                "backends.cloud_map.refresh",
+                "  backends:\n    cloud_map:\n      namespace: n\n      service: s\n      refresh: {}",
+            ),
+            (
+                "scale_in_protection.release_after",
+                "  scale_in_protection:\n    release_after: {}",
+            ),
+            (
+                "scale_in_protection.renew_every",
+                "  scale_in_protection:\n    renew_every: {}",
+            ),
+        ] {
+            let yaml = format!("proxy:\n{}\n", line.replace("{}", "100000000000s"));
+            let at = yaml.lines().count();
+            let e = err(&yaml);
+            assert!(
+                e.starts_with(&format!("{at}: proxy.{key}: \"100000000000s\" out of range")),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_durations_that_make_no_sense() {
+        for key in [
+            "connect_timeout",
+            "idle_timeout",
+            "queue_timeout",
+            "access_log_interval",
+            "handshake_timeout",
+        ] {
+            let e = err(&format!("proxy:\n  {key}: 0s\n"));
+            assert!(
+                e.starts_with(&format!("2: proxy.{key}: \"0s\" out of range")),
+                "{e}"
+            );
+        }
+        for key in ["interval", "timeout"] {
+            let e = err(&format!("proxy:\n  health_check:\n    {key}: 0s\n"));
+            assert!(
+                e.starts_with(&format!("3: proxy.health_check.{key}: \"0s\" out of range")),
+                "{e}"
+            );
+        }
+        let e = err("proxy:\n  health_check:\n    interval: 10ms\n");
+        assert!(e.contains("out of range (100ms to 1day)"), "{e}");
+        // Zero is meaningful here: no delay, cut at once.
+        let c = parse("proxy:\n  drain_delay: 0s\n  drain_timeout: 0s\n").unwrap();
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        // Values the repo's own configs and benches use.
+        let c =
+            parse("proxy:\n  health_check:\n    interval: 3600s\n  access_log_interval: 300ms\n")
+                .unwrap();
+        assert_eq!(c.health_check.interval, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn integers_are_bounded() {
+        let e = err("proxy:\n  max_queue: 1000001\n");
+        assert!(
+            e.starts_with("2: proxy.max_queue: 1000001 out of range"),
+            "{e}"
+        );
+        let e = err("proxy:\n  max_connections: -1\n");
+        assert!(
+            e.starts_with("2: proxy.max_connections: ") && e.contains("from 0 to 1000000"),
+            "{e}"
+        );
+        let e = err("proxy:\n  backends:\n    static:\n      - addr: 1.2.3.4:5\n        max_connections: 99999999999\n");
+        assert!(
+            e.starts_with("5: proxy.backends.static[0].max_connections: 99999999999 out of range"),
+            "{e}"
+        );
+        let e = err("threads: 100000\nproxy: {}\n");
+        assert!(
+            e.starts_with("1: threads: 100000 out of range (1 to 256)"),
+            "{e}"
+        );
+        let e = err("threads: 0\nproxy: {}\n");
+        assert!(e.starts_with("1: threads: 0 out of range"), "{e}");
+        assert!(parse("threads: 256\nproxy: {}\n").is_ok());
+    }
+
+    #[test]
+    fn unknown_top_level_keys() {
+        let e = err("proxy: {}\nthread: 4\n");
+        assert!(e.starts_with("2: thread: unknown top-level key"), "{e}");
+        let e = err("proxy: {}\nextra:\n  a: 1\n");
+        assert!(e.contains("extra: unknown top-level key"), "{e}");
+        assert!(parse("version: 1\npid_file: /tmp/x.pid\nupgrade_sock: /tmp/x.sock\ngrace_period_seconds: 5\nproxy: {}\n").is_ok());
+    }
+
+    #[test]
+    fn listeners_must_not_overlap() {
+        for (yaml, want) in [
+            (
+                "proxy:\n  listen: 0.0.0.0:1935\n  health_listen: 0.0.0.0:1935\n",
+                "proxy.health_listen: 0.0.0.0:1935 overlaps proxy.listen (0.0.0.0:1935)",
+            ),
+            (
+                "proxy:\n  listen: 0.0.0.0:9000\n  admin_listen: 127.0.0.1:9000\n",
+                "proxy.admin_listen: 127.0.0.1:9000 overlaps proxy.listen (0.0.0.0:9000)",
+            ),
+            (
+                "proxy:\n  health_listen: \"[::]:8001\"\n",
+                "proxy.admin_listen: 127.0.0.1:8001 overlaps proxy.health_listen ([::]:8001)",
+            ),
+        ] {
+            let e = err(yaml);
+            assert!(e.starts_with(want), "{e}");
+        }
+        // Different IPs of one family, or different ports, are fine.
+        assert!(
+            parse("proxy:\n  listen: 127.0.0.1:9000\n  admin_listen: 127.0.0.2:9000\n").is_ok()
+        );
+        assert!(parse("proxy:\n  listen: 0.0.0.0:9000\n  admin_listen: \"[::1]:9000\"\n").is_ok());
+    }
+
+    #[test]
+    fn duplicate_static_backends() {
+        let e = err("proxy:\n  backends:\n    static:\n      - addr: 127.0.0.1:1\n      - addr: 127.0.0.1:2\n      - addr: 127.0.0.1:1\n");
+        assert_eq!(
+            e,
+            "proxy.backends.static[2].addr: 127.0.0.1:1 is listed twice (also proxy.backends.static[0])"
+        );
+    }
+
+    #[test]
+    fn file_size_is_capped() {
+        let e = load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(e, "/dev/zero: config file larger than 1024 KiB");
+    }
+
+    /// A stable stand-in for `fuzz/fuzz_targets/config.rs` that runs with
+    /// every `cargo test`: the repo's configs, mutated, never panic.
+    #[test]
+    fn mutated_configs_never_panic() {
+        let seeds = [
+            include_str!("../conf/rtmp-proxy.yaml"),
+            include_str!("../deploy/rtmp-proxy.yaml"),
+        ];
+        let tokens = [
+            "0s",
+            "99999999999999999s",
+            "-1",
+            "18446744073709551616",
+            "1e400",
+            "[::]:1935",
+            "{",
+            "}",
+            "[",
+            "\n  ",
+            ": ",
+            "- ",
+            "&a ",
+            "*a",
+            "!!binary ",
+            "~",
+            "'",
+            "\"",
+            "threads: ",
+            "proxy:",
+            "\t",
+            "<<: *a",
+        ];
+        let mut rng = fastrand::Rng::with_seed(18);
+        for i in 0..5000 {
+            let mut text = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..rng.usize(1..8) {
+                let at = rng.usize(0..=text.len());
+                match rng.u8(0..3) {
+                    0 => {
+                        let t = tokens[rng.usize(0..tokens.len())];
+                        text.splice(at..at, t.bytes());
+                    }
+                    1 if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ if at < text.len() => text[at] = rng.u8(..),
+                    _ => {}
+                }
+            }
+            if let Ok(t) = std::str::from_utf8(&text) {
+                let _ = parse(t);
+            }
+        }
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub const ATTR_MAX_CONNECTIONS: &str = "max_connections";
 /// 256 is HAProxy's ceiling, which operators of the current setup already know.
 pub const MAX_WEIGHT: usize = 256;
 
+/// Upper bound for the `max_connections` attribute, as for the config key.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// DiscoverInstances' documented maximum. Without it AWS returns at most 100.
 const MAX_RESULTS: i32 = 1000;
 
@@ -191,14 +194,17 @@ pub fn parse_instance(
     };
 
     let max_connections = match get(ATTR_MAX_CONNECTIONS) {
-        Some(v) => Some(v.parse::<usize>().map_err(|_| {
-            invalid(
-                ATTR_MAX_CONNECTIONS,
-                "max_connections",
-                v,
-                "a non-negative integer, 0 = unlimited",
-            )
-        })?),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n <= MAX_CONNECTIONS => Some(n),
+            _ => {
+                return Err(invalid(
+                    ATTR_MAX_CONNECTIONS,
+                    "max_connections",
+                    v,
+                    "0..=1000000, 0 = unlimited",
+                ))
+            }
+        },
         None => None,
     };
 
@@ -468,7 +474,10 @@ impl CloudMapDiscovery {
             settings,
             client: tokio::sync::OnceCell::new(),
             state: std::sync::Mutex::new(PollState {
-                backoff: Backoff::new(refresh, (refresh * 12).max(Duration::from_secs(60))),
+                backoff: Backoff::new(
+                    refresh,
+                    refresh.saturating_mul(12).max(Duration::from_secs(60)),
+                ),
                 retry_at: None,
                 failures: 0,
                 warned: Default::default(),
@@ -507,7 +516,8 @@ impl CloudMapDiscovery {
         let mut st = self.state();
         st.failures += 1;
         let delay = st.backoff.next_delay();
-        st.retry_at = Some(std::time::Instant::now() + delay);
+        let now = std::time::Instant::now();
+        st.retry_at = Some(now.checked_add(delay).unwrap_or(now));
         if st.failures == 1 {
             log::warn!(
                 "Cloud Map discovery failing, keeping the last known backends; retrying with backoff: {why}"
@@ -708,6 +718,8 @@ mod tests {
         assert_eq!(with("3").unwrap().max_connections, Some(3));
         let absent = parse_instance("i-1", &attrs(&[(ATTR_IPV4, "10.0.0.1")]), 1).unwrap();
         assert_eq!(absent.max_connections, None);
+        assert!(with("1000000").is_ok());
+        assert!(with("1000001").is_err());
         let err = with("lots").unwrap_err();
         assert_eq!(invalid_attribute(&err), ATTR_MAX_CONNECTIONS);
     }

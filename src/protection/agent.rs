@@ -133,14 +133,20 @@ impl Agent {
             .and_then(|p| p.expiration_date)
             .and_then(|d| match d {
                 serde_json::Value::String(s) => humantime::parse_rfc3339_weak(&s).ok(),
-                serde_json::Value::Number(n) => n
-                    .as_f64()
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s)),
+                serde_json::Value::Number(n) => n.as_f64().and_then(expiry_from_epoch),
                 _ => None,
             });
         Ok(Reply::Set(until))
     }
+}
+
+/// An `ExpirationDate` in seconds since the epoch; `None` (the expiry is
+/// then taken as unknown) when negative, not a number or past what
+/// `SystemTime` holds: it comes from outside.
+fn expiry_from_epoch(secs: f64) -> Option<SystemTime> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
 }
 
 /// The agent's answer (`TaskProtectionResponse` in amazon-ecs-agent).
@@ -190,6 +196,17 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn odd_expiration_dates_are_unknown_not_a_panic() {
+        for s in [-1.0, f64::NAN, f64::INFINITY, 1e30, f64::MAX] {
+            assert_eq!(expiry_from_epoch(s), None, "{s}");
+        }
+        assert_eq!(
+            expiry_from_epoch(60.0),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(60))
+        );
+    }
 
     #[test]
     fn the_path_is_appended_to_the_agent_uri() {

@@ -346,7 +346,8 @@ impl Protection {
             }
             if enable {
                 let was = media.protected_until(&k, wall);
-                let until = until.unwrap_or(wall + self.settings.expires);
+                let until =
+                    until.unwrap_or(wall.checked_add(self.settings.expires).unwrap_or(wall));
                 media.enabled(&k, until, now);
                 if was.is_none() {
                     info!(
@@ -421,7 +422,13 @@ impl Protection {
                             if was.is_none() {
                                 info!("scale-in protection on for this proxy's task: it holds {busy} stream(s)");
                             }
-                            me.enabled(&(), until.unwrap_or(wall + self.settings.expires), now);
+                            me.enabled(
+                                &(),
+                                until.unwrap_or(
+                                    wall.checked_add(self.settings.expires).unwrap_or(wall),
+                                ),
+                                now,
+                            );
                         } else {
                             me.disabled(&(), now);
                             let why = if phase == Phase::Draining {
@@ -517,7 +524,8 @@ impl Calls {
         self.count(e.outcome);
         self.failures += 1;
         let delay = self.backoff.next_delay();
-        self.retry_at = Some(Instant::now() + delay);
+        let now = Instant::now();
+        self.retry_at = Some(now.checked_add(delay).unwrap_or(now));
         if self.failing != Some(e.outcome) {
             warn!(
                 "scale-in protection ({}) failing: {e}; retrying with backoff (streams are not affected)",

@@ -128,7 +128,9 @@ impl<K: Clone + Eq + Hash> Tracker<K> {
                 if e.retry_at.is_some_and(|t| r.now < t) {
                     continue;
                 }
-                let lapsing = e.until.is_none_or(|u| u <= r.wall + LAPSE_MARGIN);
+                let lapsing = e
+                    .until
+                    .is_none_or(|u| u <= r.wall.checked_add(LAPSE_MARGIN).unwrap_or(r.wall));
                 if lapsing || e.renew_at.is_none_or(|t| r.now >= t) {
                     ops.push((k.clone(), Op::Enable));
                 }
@@ -173,7 +175,7 @@ impl<K: Clone + Eq + Hash> Tracker<K> {
         let e = self.entries.entry(k.clone()).or_default();
         e.until = Some(until);
         e.maybe_until = None;
-        e.renew_at = Some(now + renew_every);
+        e.renew_at = Some(now.checked_add(renew_every).unwrap_or(now));
         e.released_at = None;
         e.retry_at = None;
     }
@@ -192,7 +194,7 @@ impl<K: Clone + Eq + Hash> Tracker<K> {
     /// An enable for `k` got no answer: it may have taken effect.
     pub fn enable_unanswered(&mut self, k: &K, wall: SystemTime) {
         if let Some(e) = self.entries.get_mut(k) {
-            e.maybe_until = Some(wall + self.timing.expires);
+            e.maybe_until = Some(wall.checked_add(self.timing.expires).unwrap_or(wall));
         }
     }
 
@@ -206,7 +208,7 @@ impl<K: Clone + Eq + Hash> Tracker<K> {
         let e = self.entries.get_mut(k)?;
         let previous = e.failure.replace(reason.to_string());
         match op {
-            Op::Enable => e.retry_at = Some(now + renew_every),
+            Op::Enable => e.retry_at = Some(now.checked_add(renew_every).unwrap_or(now)),
             Op::Disable => {
                 self.entries.remove(k);
             }
