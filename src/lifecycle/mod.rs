@@ -334,3 +334,14 @@ impl ShutdownSignalWatch for Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_limit_beyond_any_instant_does_not_panic() {
+        let lifecycle = Lifecycle::new(Duration::ZERO, Duration::MAX);
+        assert_eq!(lifecycle.wait_sessions_gone(Duration::MAX), 0);
+    }
+}
