@@ -10,10 +10,10 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use log::warn;
+use log::{info, warn};
 use serde::Serialize;
 
 /// How many rejections `/status` lists.
@@ -47,9 +47,12 @@ pub struct Record {
 }
 
 pub struct AccessLog {
-    /// `None` when off. Shared without a lock: each line is one `write`
-    /// (appended, for a file), which the kernel keeps whole.
-    sink: Option<File>,
+    /// `stderr`, `off` or a file path, as configured.
+    target: String,
+    /// `None` when off. Writers share the read lock: each line is one
+    /// `write` (appended, for a file), which the kernel keeps whole; only
+    /// [`AccessLog::reopen`] takes it to write.
+    sink: RwLock<Option<File>>,
     /// Time between progress lines of one connection.
     pub interval: Duration,
     recent: Mutex<VecDeque<Record>>,
@@ -67,29 +70,41 @@ impl AccessLog {
                     .map(File::from)
                     .map_err(|e| format!("proxy.access_log: cannot use stderr: {e}"))?,
             ),
-            path => Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| format!("proxy.access_log: cannot open {path:?}: {e}"))?,
-            ),
+            path => Some(open_file(path)?),
         };
         Ok(Self {
-            sink,
+            target: target.to_owned(),
+            sink: RwLock::new(sink),
             interval,
             recent: Mutex::new(VecDeque::new()),
         })
     }
 
+    /// Opens the configured file path again (SIGHUP, after logrotate moved
+    /// the file away) and logs the outcome; on failure the old file is
+    /// kept. Nothing to do for `stderr` or `off`.
+    pub fn reopen(&self) {
+        let path = match self.target.as_str() {
+            "stderr" | "off" => return,
+            path => path,
+        };
+        match open_file(path) {
+            Ok(file) => {
+                *self.sink.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
+                info!("access log reopened: {path}");
+            }
+            Err(e) => warn!("{e}; still writing to the old file"),
+        }
+    }
+
     /// Whether lines are written at all (rejections are kept regardless).
     pub fn is_on(&self) -> bool {
-        self.sink.is_some()
+        self.target != "off"
     }
 
     pub fn write(&self, mut record: Record) {
         // Off, only rejections are kept (for the stats page).
-        if self.sink.is_none() && record.event != "rejected" {
+        if !self.is_on() && record.event != "rejected" {
             return;
         }
         record.time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -100,9 +115,9 @@ impl AccessLog {
             }
             recent.push_back(record.clone());
         }
-        let Some(mut sink) = self.sink.as_ref() else {
+        if !self.is_on() {
             return;
-        };
+        }
         let mut line = Vec::with_capacity(256);
         if let Err(e) = serde_json::to_writer(&mut line, &record) {
             warn!("cannot encode an access log line: {e}");
@@ -111,7 +126,8 @@ impl AccessLog {
         line.push(b'\n');
         // One write per line, so lines from concurrent connections never
         // interleave; a failing sink must not stop the proxy.
-        if let Err(e) = sink.write_all(&line) {
+        let sink = self.sink.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(Err(e)) = sink.as_ref().map(|mut f| f.write_all(&line)) {
             warn!("cannot write the access log: {e}");
         }
     }
@@ -125,6 +141,14 @@ impl AccessLog {
             .cloned()
             .collect()
     }
+}
+
+fn open_file(path: &str) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("proxy.access_log: cannot open {path:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -147,6 +171,26 @@ mod tests {
         assert_eq!(v["reason"], "queue_full");
         assert!(v["key"].is_null() && v["time"].as_str().is_some_and(|t| t.ends_with('Z')));
         assert_eq!(log.recent_rejections().len(), 1);
+    }
+
+    #[test]
+    fn reopen_follows_a_renamed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(path.to_str().unwrap(), Duration::from_secs(60)).unwrap();
+        let line = |reason| Record {
+            event: "end",
+            reason: Some(reason),
+            ..Default::default()
+        };
+        log.write(line("first"));
+        let old = dir.path().join("access.log.1");
+        std::fs::rename(&path, &old).unwrap();
+        log.reopen();
+        log.write(line("second"));
+        assert!(std::fs::read_to_string(&old).unwrap().contains("first"));
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(new.contains("second") && !new.contains("first"), "{new}");
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         },
     );
     let lifecycle = Lifecycle::new(proxy.drain_delay, proxy.drain_timeout);
+    lifecycle.watch_signals()?;
     let handoff = Handoff::new(&server_conf.upgrade_sock, table.clone());
     let (forward_tx, forward_rx) = tokio::sync::mpsc::unbounded_channel();
     if upgrade {
@@ -149,6 +150,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
         &proxy.access_log,
         proxy.access_log_interval,
     )?);
+    let reopened = access_log.clone();
+    lifecycle.on_hangup(move || reopened.reopen());
     compose(
         &mut server,
         &proxy,

@@ -6,7 +6,16 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(
         // Pingora's load balancer logs health flips with the whole peer
         // definition; the slot table logs them readably.
-        "info,pingora_load_balancing=error",
+        //
+        // During an upgrade Pingora polls for the old process's sockets
+        // and logs each empty poll as an ERROR, though waiting is the
+        // normal case (the handoff logs what it waits for); a failed
+        // transfer still shows as the error that ends the process.
+        //
+        // Its server module logs `service '...' exited.` at start-up for
+        // every service (ours return once their tasks are spawned) and
+        // narrates SIGTERM/SIGQUIT, which the lifecycle logs itself.
+        "info,pingora_load_balancing=error,pingora_core::server=warn,pingora_core::server::transfer_fd=off",
     ))
     .init();
     // A panic anywhere (for instance Pingora failing to bind a listener

@@ -115,7 +115,9 @@ impl Handoff {
                 return false;
             }
         };
-        info!("connected to the old process for the slot handoff");
+        info!(
+            "connected to the old process for the slot handoff; its listening sockets follow once it gets SIGQUIT (polled once a second, 6 tries)"
+        );
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("handoff-in".into())

@@ -12,7 +12,13 @@
 //!   process is waiting for the listening sockets; this process then stops
 //!   granting slots, forwards any client it still accepts to the new
 //!   process, and drains like after SIGTERM.
-//! - SIGINT: fast exit.
+//! - SIGINT: exit now, in any phase (also during a drain, when Pingora no
+//!   longer listens): live sessions are cut and get up to
+//!   [`SIGINT_GRACE`] to write their `end` records.
+//! - SIGHUP: runs the hooks given to [`Lifecycle::on_hangup`] (the access
+//!   log reopens its file, for logrotate).
+//! - SIGUSR1, SIGUSR2, SIGALRM: logged and ignored; their default action
+//!   would kill the process and every stream with it.
 //!
 //! Either drain ends with `exit(0)` as soon as no session is left (Pingora's
 //! grace period is set longer than `drain_timeout`, so it never cuts first).
@@ -54,7 +60,12 @@ pub struct Lifecycle {
     drain_timeout: Duration,
     /// Run on the drain thread once the drain is over, before the exit.
     before_exit: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    /// Run on SIGHUP.
+    hangup: Mutex<Vec<Box<dyn Fn() + Send>>>,
 }
+
+/// How long SIGINT waits for cut sessions to write their `end` records.
+pub const SIGINT_GRACE: Duration = Duration::from_secs(2);
 
 impl Lifecycle {
     pub fn new(drain_delay: Duration, drain_timeout: Duration) -> Arc<Self> {
@@ -67,7 +78,78 @@ impl Lifecycle {
             drain_delay,
             drain_timeout,
             before_exit: Mutex::new(Vec::new()),
+            hangup: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Runs `f` on every SIGHUP (on the signal thread: `f` bounds its own
+    /// time and logs its own outcome).
+    pub fn on_hangup(&self, f: impl Fn() + Send + 'static) {
+        self.hangup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
+    }
+
+    /// Installs the handlers for SIGHUP, SIGINT, SIGUSR1, SIGUSR2 and
+    /// SIGALRM and serves them on a thread of their own for the life of the
+    /// process. Called at start-up: Pingora only asks [`Signals`] once every
+    /// service runs, and until a handler is installed these signals kill
+    /// the process.
+    pub fn watch_signals(self: &Arc<Self>) -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+        let install = |kind: SignalKind, name: &str| {
+            let _in_rt = rt.enter();
+            signal(kind).map_err(|e| format!("cannot handle {name}: {e}"))
+        };
+        let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+        let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+        let mut usr1 = install(SignalKind::user_defined1(), "SIGUSR1")?;
+        let mut usr2 = install(SignalKind::user_defined2(), "SIGUSR2")?;
+        let mut alrm = install(SignalKind::alarm(), "SIGALRM")?;
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    loop {
+                        tokio::select! {
+                            _ = hup.recv() => me.hang_up(),
+                            _ = int.recv() => break,
+                            _ = usr1.recv() => info!("SIGUSR1 ignored"),
+                            _ = usr2.recv() => info!("SIGUSR2 ignored"),
+                            _ = alrm.recv() => info!("SIGALRM ignored"),
+                        }
+                    }
+                });
+                me.interrupt();
+            })
+            .map(drop)
+            .map_err(|e| format!("cannot start the signal thread: {e}"))
+    }
+
+    fn hang_up(&self) {
+        let hooks = self.hangup.lock().unwrap_or_else(|p| p.into_inner());
+        info!("SIGHUP: reopening ({} hook(s))", hooks.len());
+        for hook in hooks.iter() {
+            hook();
+        }
+    }
+
+    /// SIGINT: cut every live session, give them a moment to log their
+    /// end, exit.
+    fn interrupt(&self) -> ! {
+        let live = self.sessions();
+        info!("SIGINT: exiting now; cutting {live} live session(s)");
+        self.cut.send_replace(true);
+        let still = self.wait_sessions_gone(SIGINT_GRACE);
+        if still > 0 {
+            warn!("{still} session(s) did not end after the cut; exiting anyway");
+        }
+        std::process::exit(0);
     }
 
     /// Runs `f` once the drain is over, just before the process exits (not
@@ -119,10 +201,15 @@ impl Lifecycle {
     /// Waits (blocking) until no session is left or `limit` has passed;
     /// returns the number left.
     fn wait_sessions_gone(&self, limit: Duration) -> usize {
-        let deadline = Instant::now() + limit;
+        // A limit beyond what `Instant` can hold means no limit.
+        let deadline = Instant::now().checked_add(limit);
         let mut n = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         while *n > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                // Woken by every drop to zero; an hour is only a re-check.
+                None => Duration::from_secs(3600),
+            };
             if left.is_zero() {
                 break;
             }
@@ -214,20 +301,15 @@ impl Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::quit()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        // SIGINT is served by [`Lifecycle::watch_signals`], in every phase.
+        let (Ok(mut term), Ok(mut quit)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::quit()))
+        else {
             error!("cannot install signal handlers; shutting down");
             return ShutdownSignal::FastShutdown;
         };
         loop {
             tokio::select! {
-                _ = int.recv() => {
-                    info!("SIGINT: exiting now");
-                    return ShutdownSignal::FastShutdown;
-                }
                 _ = term.recv() => {
                     let delay = self.lifecycle.drain_delay;
                     self.lifecycle.set_phase(Phase::Draining);
@@ -235,13 +317,7 @@ impl ShutdownSignalWatch for Signals {
                         "SIGTERM: draining; /health answers 503, new clients are still served for {}",
                         humantime::format_duration(delay)
                     );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = int.recv() => {
-                            info!("SIGINT while draining: exiting now");
-                            return ShutdownSignal::FastShutdown;
-                        }
-                    }
+                    tokio::time::sleep(delay).await;
                     info!("closing the listeners");
                     return ShutdownSignal::GracefulTerminate;
                 }
@@ -256,5 +332,16 @@ impl ShutdownSignalWatch for Signals {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_limit_beyond_any_instant_does_not_panic() {
+        let lifecycle = Lifecycle::new(Duration::ZERO, Duration::MAX);
+        assert_eq!(lifecycle.wait_sessions_gone(Duration::MAX), 0);
     }
 }
