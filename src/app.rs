@@ -5,8 +5,8 @@
 //! |------------------|-----------------------|--------------------------------------|
 //! | `BG backends`    | -                     | discovery + health checks (Pingora LB) |
 //! | `rtmp proxy`     | `proxy.listen`        | [`crate::proxy`]                     |
-//! | `health`         | `proxy.health_listen` | `GET /health`                        |
-//! | `admin`          | `proxy.admin_listen`  | `/backends`, `/streams`, `/metrics`  |
+//! | `proxy.health_listen` | `proxy.health_listen` | `GET /health` ([`crate::http::server`]) |
+//! | `proxy.admin_listen`  | `proxy.admin_listen`  | `/backends`, `/streams`, `/metrics`  |
 //! | `BG forwarded`   | -                     | clients an old process passes on     |
 
 use std::net::TcpListener;
