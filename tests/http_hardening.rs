@@ -142,3 +142,26 @@ async fn health_and_admin_answer_through_a_drain() {
         proxy.log_text()
     );
 }
+
+/// After a graceful upgrade only the new process answers on the shared HTTP
+/// sockets, while the old one still carries a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_an_upgrade_only_the_new_process_answers_http() {
+    let backend = Backend::start("b", Mode::TaggedEcho).await;
+    let mut old = Proxy::start(&statics(&backend)).await;
+    let (live, tag) = tag_of_new_client(&old).await;
+    assert!(tag.is_some());
+    let _new = old.upgrade().await;
+    assert_eq!(old.exited_within(Duration::ZERO).await, None);
+    for _ in 0..20 {
+        let (status, body) = http_get(old.admin, "/status").await.expect("admin");
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("\"phase\": \"serving\""),
+            "the old process answered: {body}"
+        );
+        let (status, _) = http_get(old.health, "/health").await.expect("health");
+        assert_eq!(status, 200);
+    }
+    drop(live);
+}
