@@ -5,8 +5,8 @@
 //! |------------------|-----------------------|--------------------------------------|
 //! | `BG backends`    | -                     | discovery + health checks (Pingora LB) |
 //! | `rtmp proxy`     | `proxy.listen`        | [`crate::proxy`]                     |
-//! | `health`         | `proxy.health_listen` | `GET /health`                        |
-//! | `admin`          | `proxy.admin_listen`  | `/backends`, `/streams`, `/metrics`  |
+//! | `proxy.health_listen` | `proxy.health_listen` | `GET /health` ([`crate::http::server`]) |
+//! | `proxy.admin_listen`  | `proxy.admin_listen`  | `/backends`, `/streams`, `/metrics`  |
 //! | `BG forwarded`   | -                     | clients an old process passes on     |
 
 use std::net::TcpListener;
@@ -16,11 +16,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use log::{info, warn};
-use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
-use pingora_core::services::listening::Service;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backends, LoadBalancer};
@@ -33,6 +31,7 @@ use crate::config::{self, ProxyConfig, SlotStore};
 use crate::discovery::cloud_map::CloudMapDiscovery;
 use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
+use crate::http::server::{self as http_server, HttpListener};
 use crate::http::{Admin, AdminState, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
@@ -266,17 +265,22 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
         ))
         .add_dependency(&backends);
 
-    let mut health = Service::new(
-        "health".to_string(),
-        HttpServer::new_app(Health::new(table.clone(), lifecycle.clone())),
+    // Each HTTP port gets a share of the descriptors; the rest stay for
+    // streams (see the README's "HTTP endpoints").
+    let nofile = http_server::nofile();
+    let health = HttpListener::new(
+        "proxy.health_listen",
+        &proxy.health_listen,
+        Arc::new(Health::new(table.clone(), lifecycle.clone())),
+        http_server::health_cap(nofile),
+        lifecycle.clone(),
     );
-    health.add_tcp(&proxy.health_listen);
-    health.threads = Some(1);
     server.add_service(health).add_dependency(&backends);
 
-    let mut admin = Service::new(
-        "admin".to_string(),
-        HttpServer::new_app(Admin::new(AdminState {
+    let admin = HttpListener::new(
+        "proxy.admin_listen",
+        &proxy.admin_listen,
+        Arc::new(Admin::new(AdminState {
             table,
             streams,
             shared,
@@ -284,8 +288,8 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
             access_log,
             protection,
         })),
+        http_server::admin_cap(nofile),
+        lifecycle,
     );
-    admin.add_tcp(&proxy.admin_listen);
-    admin.threads = Some(1);
     server.add_service(admin);
 }

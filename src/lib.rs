@@ -31,7 +31,8 @@
 //!   (`rtmp::chunk`, no meaning), chunks become AMF0 values (`rtmp::amf0`),
 //!   values become commands (`rtmp::command`, meaning).
 //! - [`http`]: the public health endpoint and the private admin API with
-//!   the stats page (`stats.html`).
+//!   the stats page (`stats.html`), on a small hyper server of our own
+//!   (`http::server`: header deadline, connection caps, quiet logs).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`memory`]: hands heap memory freed after a burst back to the system.
 //! - [`protection`]: ECS task scale-in protection for busy media servers

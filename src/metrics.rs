@@ -39,6 +39,9 @@ pub struct Metrics {
     pub streams_identified: IntCounterVec,
     /// `protocol: rtmp`: connections the observer could not follow.
     pub streams_unknown: IntCounterVec,
+    /// Health and admin connections closed by us or on an error, by
+    /// listener and reason.
+    pub http_closed: IntCounterVec,
     /// `bytes` by direction, looked up once rather than per connection.
     byte_pair: OnceLock<[IntCounter; 2]>,
 }
@@ -161,6 +164,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "rtmp_proxy_streams_unknown_total",
         "Proxied connections the RTMP observer could not follow (proxied as plain TCP), by reason.",
         &["reason"]
+    )
+    .expect("metric registration"),
+    http_closed: register_int_counter_vec!(
+        "rtmp_proxy_http_connections_closed_total",
+        "Health and admin connections closed over the cap, at the header deadline or on a bad request, by listener and reason.",
+        &["listener", "reason"]
     )
     .expect("metric registration"),
     byte_pair: OnceLock::new(),

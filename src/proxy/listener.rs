@@ -53,44 +53,116 @@ impl Listener {
             threads: threads.max(1),
         }
     }
+}
 
-    /// The sockets inherited from a previous process, or a new one.
-    fn sockets(&self, fds: Option<&ListenFds>) -> Result<Vec<std::net::TcpListener>, String> {
-        let addr: SocketAddr = self
-            .addr
-            .parse()
-            .map_err(|e| format!("cannot listen on {}: {e}", self.addr))?;
-        let mut sockets = Vec::new();
-        if let Some(fds) = fds {
-            let (keys, raw) = fds.lock().serialize();
-            for (key, fd) in keys.iter().zip(raw) {
-                if is_ours(&self.addr, key) {
-                    // SAFETY: Pingora received this descriptor from the
-                    // previous process for our key, and nothing else in
-                    // this process uses it.
-                    let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-                    // What `bind` sets, which an older process may not
-                    // have. The threads' duplicates share both.
-                    let sock = SockRef::from(&socket);
-                    sock.set_nonblocking(true)
-                        .and_then(|()| sock.set_tcp_nodelay(true))
-                        .map_err(|e| format!("cannot use an inherited socket: {e}"))?;
-                    sockets.push(socket);
-                }
+/// The listening sockets of `addr` (config key `what`) inherited from a
+/// previous process, or a new one, entered in the descriptor table so that
+/// a graceful upgrade passes it on.
+pub(crate) fn sockets(
+    what: &str,
+    addr: &str,
+    fds: Option<&ListenFds>,
+) -> Result<Vec<std::net::TcpListener>, String> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let mut sockets = Vec::new();
+    if let Some(fds) = fds {
+        let (keys, raw) = fds.lock().serialize();
+        for (key, fd) in keys.iter().zip(raw) {
+            if is_ours(addr, key) {
+                // SAFETY: Pingora received this descriptor from the
+                // previous process for our key, and nothing else in
+                // this process uses it.
+                let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                // What `bind` sets, which an older process may not
+                // have. The threads' duplicates share both.
+                let sock = SockRef::from(&socket);
+                sock.set_nonblocking(true)
+                    .and_then(|()| sock.set_tcp_nodelay(true))
+                    .map_err(|e| format!("cannot use an inherited socket: {e}"))?;
+                sockets.push(socket);
             }
         }
-        if !sockets.is_empty() {
-            info!(
-                "proxy.listen: {} listening socket(s) taken over from the previous process",
-                sockets.len()
-            );
-            return Ok(sockets);
+    }
+    if !sockets.is_empty() {
+        info!(
+            "{what}: {} listening socket(s) taken over from the previous process",
+            sockets.len()
+        );
+        return Ok(sockets);
+    }
+    let socket = bind(parsed).map_err(|e| format!("cannot listen on {parsed}: {e}"))?;
+    if let Some(fds) = fds {
+        fds.lock().add(addr.to_string(), socket.as_raw_fd());
+    }
+    Ok(vec![socket])
+}
+
+/// Something going wrong repeatedly (accept failing, a cap reached), logged
+/// once when it starts and once when it ends, with the count, instead of a
+/// line each time.
+pub(crate) struct Episode {
+    what: String,
+    count: u64,
+}
+
+impl Episode {
+    pub(crate) fn new(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            count: 0,
         }
-        let socket = bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        if let Some(fds) = fds {
-            fds.lock().add(self.addr.clone(), socket.as_raw_fd());
+    }
+
+    /// One more occurrence; the first of an episode is logged.
+    pub(crate) fn hit(&mut self, detail: impl std::fmt::Display) {
+        if self.count == 0 {
+            warn!("{}: {detail} (logged once until it stops)", self.what);
         }
-        Ok(vec![socket])
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// Things work again: ends the episode, if any.
+    pub(crate) fn over(&mut self) {
+        if self.count > 0 {
+            info!("{}: over after {} time(s)", self.what, self.count);
+            self.count = 0;
+        }
+    }
+}
+
+/// An accept loop's failures: out of descriptors or memory, every accept
+/// fails at once until something is closed, so the loop rests and logs the
+/// episode, not each failure.
+pub(crate) struct AcceptErrors(Episode);
+
+impl AcceptErrors {
+    pub(crate) fn new(what: &str) -> Self {
+        Self(Episode::new(format!("{what}: accept failing")))
+    }
+
+    pub(crate) fn accepted(&mut self) {
+        self.0.over();
+    }
+
+    /// Logs a failed accept (once per episode) and rests if it was for
+    /// want of a resource. The client is still queued in the backlog:
+    /// nothing is lost.
+    pub(crate) async fn failed(&mut self, e: &std::io::Error) {
+        use nix::errno::Errno;
+        let scarce = e.raw_os_error().is_some_and(|n| {
+            [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+                .contains(&Errno::from_raw(n))
+        });
+        if scarce {
+            self.0.hit(e);
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+        } else {
+            // A client that left before its accept (ECONNABORTED): its own
+            // affair, nothing this process can act on.
+            log::debug!("{}: {e}", self.0.what);
+        }
     }
 }
 
@@ -131,7 +203,8 @@ impl Service for Listener {
         _listeners_per_fd: usize,
     ) {
         // The address was free at start-up (app.rs probes it).
-        let sockets = self.sockets(fds.as_ref()).unwrap_or_else(|e| fatal(e));
+        let sockets =
+            sockets("proxy.listen", &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(e));
         // Every thread accepts on every socket, each through a descriptor
         // of its own (its runtime's poller registers it). The first thread
         // keeps the originals, whose numbers are in the descriptor table.
@@ -181,6 +254,7 @@ async fn accept_loop(
         }
     };
     tokio::pin!(stop);
+    let mut errors = AcceptErrors::new("proxy.listen");
     loop {
         let accepted = tokio::select! {
             biased;
@@ -189,16 +263,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, peer)) => {
+                errors.accepted();
                 let proxy = proxy.clone();
                 tokio::spawn(
                     async move { proxy.serve(client, &peer.to_string(), Vec::new()).await },
                 );
             }
-            // The client is still queued in the backlog: nothing is lost.
-            Err(e) => {
-                warn!("proxy.listen: accept failed: {e}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
+            Err(e) => errors.failed(&e).await,
         }
     }
     info!("proxy.listen: no longer accepting");

@@ -283,14 +283,33 @@ pub fn unix_listener_exists(path: &Path) -> bool {
     })
 }
 
+/// Not an environment variable: in `env`, the open-file limit (soft and
+/// hard) the binary starts with.
+pub const NOFILE: &str = "RLIMIT_NOFILE";
+
 /// Runs the binary with `args`, stdout and stderr to `log`.
 pub fn spawn_binary(args: &[&str], log: &Path, env: &[(&str, String)]) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
-    Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    if let Some((_, n)) = env.iter().find(|(k, _)| *k == NOFILE) {
+        let n: u64 = n.parse().expect("a number of descriptors");
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only a system call between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd.args(args)
         .env("RUST_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(
+            env.iter()
+                .filter(|(k, _)| *k != NOFILE)
+                .map(|(k, v)| (k, v)),
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

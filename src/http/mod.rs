@@ -2,15 +2,16 @@
 //!
 //! They are separate services on separate ports because the health port is
 //! reachable from the internet (Route53, NLB) and must expose nothing
-//! internal, while the admin port lists backend addresses.
+//! internal, while the admin port lists backend addresses. Both run on
+//! [`server`].
+
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
-use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::access_log::{AccessLog, Record};
@@ -34,13 +35,12 @@ impl Health {
 }
 
 #[async_trait]
-impl ServeHttp for Health {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        if req.uri.path() != "/health" {
+impl server::Handler for Health {
+    async fn respond(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
+        if path != "/health" {
             return text(StatusCode::NOT_FOUND, "not found\n");
         }
-        if !matches!(req.method, Method::GET | Method::HEAD) {
+        if !matches!(*method, Method::GET | Method::HEAD) {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
         // The process exits if the proxy listener cannot be bound (see
@@ -189,13 +189,12 @@ struct BackendEntry {
 }
 
 #[async_trait]
-impl ServeHttp for Admin {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        if !matches!(req.method, Method::GET | Method::HEAD) {
+impl server::Handler for Admin {
+    async fn respond(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
+        if !matches!(*method, Method::GET | Method::HEAD) {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
-        match req.uri.path() {
+        match path {
             "/backends" => {
                 let queued = self.table.queued();
                 let slot_store = self.slot_store();
@@ -258,7 +257,7 @@ fn text(status: StatusCode, msg: &str) -> Response<Vec<u8>> {
     body(status, "text/plain; charset=utf-8", msg.as_bytes().to_vec())
 }
 
-/// A complete response; Pingora sends no length of its own.
+/// A complete response, with its length.
 fn body(status: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Response<Vec<u8>> {
     let len = bytes.len();
     let mut resp = Response::new(bytes);
