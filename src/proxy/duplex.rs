@@ -183,7 +183,7 @@ where
         let step = (timers.idle / 8).max(Duration::from_millis(1));
         let every = timers.progress.max(Duration::from_millis(1));
         let now = Instant::now();
-        let (mut next_check, mut next_progress) = (now + step, now + every);
+        let (mut next_check, mut next_progress) = (after(now, step), after(now, every));
         let mut last_seen = now;
         let tick = tokio::time::sleep_until(next_check.min(next_progress));
         tokio::pin!(tick);
@@ -203,11 +203,11 @@ where
                         } else if now.duration_since(last_seen) >= timers.idle {
                             return End::Idle;
                         }
-                        next_check = now + step;
+                        next_check = after(now, step);
                     }
                     if now >= next_progress {
                         progress();
-                        next_progress = now + every;
+                        next_progress = after(now, every);
                     }
                     tick.as_mut().reset(next_check.min(next_progress));
                 }
@@ -413,6 +413,14 @@ impl Direction {
             }
         }
     }
+}
+
+/// `now + d` without a panic: config bounds keep `d` within a day, and
+/// should one slip through, the timer fires a day on rather than never.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]

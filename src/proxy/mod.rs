@@ -188,10 +188,13 @@ impl Proxy {
         // Step 1: a slot (and with a Redis store its fleet-wide lease),
         // watching the client while it waits.
         let queued_at = std::time::Instant::now();
-        let deadline = queued_at + self.settings.queue_timeout;
+        // Config bounds keep this from overflowing; if it did, wait the full time.
+        let deadline = queued_at.checked_add(self.settings.queue_timeout);
         let mut lost_race = false;
         let taken = loop {
-            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let wait = deadline.map_or(self.settings.queue_timeout, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            });
             let slot = tokio::select! {
                 // A free slot wins over a client that has already half-closed.
                 biased;
