@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Long enough that no periodic check runs during a test. The start-up
@@ -330,6 +330,63 @@ async fn a_full_queue_closes_the_next_client_at_once() {
     assert_queued(&proxy, 1).await;
     assert_eq!(accepted_sum(&[&a, &b]), before);
     drop((first, second));
+}
+
+/// A queued client stops being read at 64 KiB (the rest stays in its
+/// socket); if it then leaves, the proxy must still notice and drop it
+/// from the queue, rather than give it a backend when a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_clients_that_sent_over_64_kib_and_left_get_no_backend() {
+    const DEPARTED: usize = 20;
+    // Over the 64 KiB the proxy keeps, yet small enough for the rest to
+    // fit in the socket buffers, so that the client's FIN is sent.
+    const SENT: usize = 80 * 1024;
+    let FullPair {
+        proxy,
+        a,
+        b,
+        first: (client_a, tag_a),
+        second,
+    } = full_pair("  queue_timeout: 60s\n").await;
+    let before = accepted_sum(&[&a, &b]);
+
+    let chunk = vec![7u8; SENT];
+    let mut departed = Vec::with_capacity(DEPARTED);
+    for _ in 0..DEPARTED {
+        let mut c = proxy.connect().await;
+        let sent = tokio::time::timeout(Duration::from_secs(10), c.write_all(&chunk)).await;
+        assert!(
+            matches!(sent, Ok(Ok(()))),
+            "a queued client could not send {SENT} bytes: {sent:?}"
+        );
+        departed.push(c);
+    }
+    assert_queued(&proxy, DEPARTED as u64).await;
+    drop(departed);
+    assert_queued(&proxy, 0).await;
+    assert_eq!(
+        proxy
+            .metric("rtmp_proxy_connections_rejected_total{reason=\"client_left\"}")
+            .await,
+        DEPARTED as f64
+    );
+
+    // The freed slot goes to the next live client, and no backend ever saw
+    // one of the departed.
+    drop(client_a);
+    let (_d, tag_d) = tag_of_new_client(&proxy).await;
+    assert_eq!(
+        tag_d.as_deref(),
+        Some(tag_a.as_str()),
+        "a new client should get A's freed slot; log:\n{}",
+        notable(&proxy)
+    );
+    assert_eq!(
+        accepted_sum(&[&a, &b]),
+        before + 1,
+        "departed queued clients reached a backend"
+    );
+    drop(second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

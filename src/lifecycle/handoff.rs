@@ -41,8 +41,9 @@ use nix::sys::socket::{
 };
 use tokio::net::TcpStream;
 
-use super::Lifecycle;
+use super::{Lifecycle, SessionGuard};
 use crate::balancer::{SlotEvent, SlotTable};
+use crate::metrics;
 
 const TAKE: u8 = b'T';
 const RELEASE: u8 = b'R';
@@ -63,7 +64,9 @@ pub struct ForwardedClient {
 enum Outgoing {
     Event(SlotEvent),
     Marker,
-    Client(ForwardedClient),
+    /// With the client's session: the old process may not exit before the
+    /// client has left it.
+    Client(ForwardedClient, SessionGuard),
 }
 
 pub struct Handoff {
@@ -265,8 +268,13 @@ impl Handoff {
                     send(&conn, RELEASE, addr.to_string().as_bytes(), None)
                 }
                 Outgoing::Marker => send(&conn, HANDOFF, &[], None),
-                Outgoing::Client(c) => {
-                    send(&conn, CLIENT, &encode_client(&c), Some(c.fd.as_raw_fd()))
+                Outgoing::Client(c, _session) => {
+                    let sent = send(&conn, CLIENT, &encode_client(&c), Some(c.fd.as_raw_fd()));
+                    match &sent {
+                        Ok(()) => info!("{}: passed to the new process (upgrade)", c.peer),
+                        Err(e) => not_passed(&c.peer, e),
+                    }
+                    sent
                 }
             };
             if let Err(e) = sent {
@@ -312,6 +320,7 @@ impl Handoff {
         client: TcpStream,
         peer: &str,
         pending: Vec<u8>,
+        session: SessionGuard,
     ) -> Result<(), TcpStream> {
         let successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = successor.as_ref() else {
@@ -319,17 +328,32 @@ impl Handoff {
         };
         // If the socket cannot leave the runtime, the client is closed
         // here, as if the old process had stopped accepting.
-        let Ok(client) = client.into_std() else {
-            return Ok(());
+        let client = match client.into_std() {
+            Ok(client) => client,
+            Err(e) => {
+                not_passed(peer, &e);
+                return Ok(());
+            }
         };
         let client = ForwardedClient {
             fd: OwnedFd::from(client),
             peer: peer.to_string(),
             pending,
         };
-        tx.send(Outgoing::Client(client)).map_err(|_| ()).ok();
+        tx.send(Outgoing::Client(client, session))
+            .map_err(|_| ())
+            .ok();
         Ok(())
     }
+}
+
+/// A client the old process could not pass on is closed: counted and logged.
+fn not_passed(peer: &str, e: &dyn std::fmt::Display) {
+    metrics::get()
+        .rejected
+        .with_label_values(&["handed_off"])
+        .inc();
+    warn!("{peer}: closed: could not pass it to the new process: {e}");
 }
 
 fn seqpacket() -> nix::Result<OwnedFd> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use log::{debug, info, warn};
+use log::{debug, warn};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -175,7 +175,7 @@ impl Proxy {
 
     /// Serves one client; `pending` holds bytes already read from it.
     async fn serve(&self, mut client: TcpStream, client_addr: &str, mut pending: Vec<u8>) {
-        let _session = self.lifecycle.session();
+        let session = self.lifecycle.session();
         let m = metrics::get();
         m.accepted.inc();
 
@@ -226,14 +226,17 @@ impl Proxy {
             Ok(taken) => taken,
             Err(Rejection::HandedOff) => {
                 // An upgrade is under way: the new process serves it.
-                match self.handoff.forward(client, client_addr, pending) {
-                    Ok(()) => info!("{client_addr}: passed to the new process (upgrade)"),
-                    Err(_) => self.reject(
+                if self
+                    .handoff
+                    .forward(client, client_addr, pending, session)
+                    .is_err()
+                {
+                    self.reject(
                         client_addr,
                         "handed_off",
                         "no new process to pass the client to",
                         waited,
-                    ),
+                    );
                 }
                 return;
             }
@@ -400,12 +403,32 @@ async fn watch_queued_client(client: &mut TcpStream, pending: &mut Vec<u8>) {
     loop {
         let room = MAX_PENDING.saturating_sub(pending.len());
         if room == 0 {
-            return std::future::pending().await;
+            return watch_hang_up(client).await;
         }
         pending.reserve(room.min(4096));
         match (&mut *client).take(room as u64).read_buf(pending).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+    }
+}
+
+/// Resolves when the client hangs up, reading nothing: what it sends
+/// beyond [`MAX_PENDING`] stays in the socket for the backend.
+///
+/// The poller reports a peer's FIN (`EPOLLRDHUP`) or reset as a closed
+/// read side, a state that is never cleared; plain readability, raised by
+/// every new segment, is cleared by an empty `try_io` so that only the next
+/// event wakes us.
+async fn watch_hang_up(client: &TcpStream) {
+    loop {
+        match client.ready(Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => {
+                let _ = client.try_io(Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+            }
+            _ => return,
         }
     }
 }
