@@ -237,7 +237,9 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(fleet)));
     lb.set_health_check(Box::new(ReportingCheck::new(
         table.clone(),
+        proxy.check_kind(),
         proxy.health_check.timeout,
+        proxy.send_proxy,
     )));
     lb.health_check_frequency = Some(proxy.health_check.interval);
     lb.parallel_health_check = true;

@@ -203,6 +203,17 @@ pub struct ProxyConfig {
         deserialize_with = "count_in::<_, 0, 1_000_000>"
     )]
     pub max_queue: usize,
+    /// A live connection whose backend takes none of the client's bytes for
+    /// this long, while the client has bytes to send, is closed (reason
+    /// `backend_stalled`) and the backend marked down: a hung media server
+    /// (stopped, deadlocked, out of disk) then costs the encoder one
+    /// reconnect, to another server, rather than `idle_timeout` of silence
+    /// and a reconnect to the same hung one. Default `10s`.
+    #[serde(
+        default = "default_stall_timeout",
+        deserialize_with = "duration_in::<_, 100, 86_400_000>"
+    )]
+    pub stall_timeout: Duration,
     /// Where the JSON access log goes: `stderr` (default), `off`, or a file
     /// path (appended to). One line per client connection when it ends.
     #[serde(default = "default_access_log")]
@@ -251,7 +262,7 @@ pub struct ProxyConfig {
     /// (text) or `v2` (binary).
     #[serde(default)]
     pub send_proxy: SendProxy,
-    /// Active TCP connect checks of every backend.
+    /// Active checks of every backend (TCP connect, or RTMP handshake).
     #[serde(default)]
     pub health_check: HealthCheckConfig,
     /// Where backends come from.
@@ -318,13 +329,20 @@ pub enum SendProxy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
+    /// What a check does: `tcp` connects; `rtmp` also sends C0+C1 and
+    /// expects S0+S1 within `timeout`, so a media server that accepts
+    /// connections but no longer answers (stopped, hung) is marked down.
+    /// Default: `rtmp` when `proxy.protocol` is `rtmp`, else `tcp`.
+    #[serde(default)]
+    pub kind: Option<CheckKind>,
     /// Time between two TCP connect checks of a backend. Default `2s`.
     #[serde(
         default = "default_check_interval",
         deserialize_with = "duration_in::<_, 100, 86_400_000>"
     )]
     pub interval: Duration,
-    /// Time allowed for one check's connect. Default `1s`.
+    /// Time allowed for one check: the connect, and with `kind: rtmp` the
+    /// server's S0+S1. Default `1s`.
     #[serde(
         default = "default_check_timeout",
         deserialize_with = "duration_in::<_, 1, 300_000>"
@@ -335,10 +353,19 @@ pub struct HealthCheckConfig {
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         Self {
+            kind: None,
             interval: default_check_interval(),
             timeout: default_check_timeout(),
         }
     }
+}
+
+/// `proxy.health_check.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Tcp,
+    Rtmp,
 }
 
 /// `proxy.slots`.
@@ -565,6 +592,9 @@ fn default_connect_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_max_queue() -> usize {
     1024
 }
@@ -621,6 +651,15 @@ impl ProxyConfig {
     /// The queue timeout in force: `queue_timeout`, else `connect_timeout`.
     pub fn queue_timeout(&self) -> Duration {
         self.queue_timeout.unwrap_or(self.connect_timeout)
+    }
+
+    /// The health check in force: `health_check.kind`, else the one that
+    /// matches `protocol`.
+    pub fn check_kind(&self) -> CheckKind {
+        self.health_check.kind.unwrap_or(match self.protocol {
+            Protocol::Rtmp => CheckKind::Rtmp,
+            Protocol::Tcp => CheckKind::Tcp,
+        })
     }
 
     /// The explicit global cap, `None` when only the backends' caps apply.
@@ -1087,6 +1126,7 @@ mod tests {
             ("drain_delay", "  drain_delay: {}"),
             ("drain_timeout", "  drain_timeout: {}"),
             ("handshake_timeout", "  handshake_timeout: {}"),
+            ("stall_timeout", "  stall_timeout: {}"),
             ("health_check.interval", "  health_check:\n    interval: {}"),
             ("health_check.timeout", "  health_check:\n    timeout: {}"),
             ("slots.lease", "  slots:\n    lease: {}"),
@@ -1121,6 +1161,7 @@ mod tests {
             "queue_timeout",
             "access_log_interval",
             "handshake_timeout",
+            "stall_timeout",
         ] {
             let e = err(&format!("proxy:\n  {key}: 0s\n"));
             assert!(
@@ -1145,6 +1186,23 @@ mod tests {
             parse("proxy:\n  health_check:\n    interval: 3600s\n  access_log_interval: 300ms\n")
                 .unwrap();
         assert_eq!(c.health_check.interval, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_check_follows_the_protocol_unless_set() {
+        let kind = |yaml: &str| parse(&format!("proxy:\n{yaml}")).unwrap().check_kind();
+        assert_eq!(kind(""), CheckKind::Rtmp);
+        assert_eq!(kind("  protocol: tcp\n"), CheckKind::Tcp);
+        assert_eq!(kind("  health_check:\n    kind: tcp\n"), CheckKind::Tcp);
+        assert_eq!(
+            kind("  protocol: tcp\n  health_check:\n    kind: rtmp\n"),
+            CheckKind::Rtmp
+        );
+        let e = err("proxy:\n  health_check:\n    kind: http\n");
+        assert!(
+            e.starts_with("3: proxy.health_check.kind: unknown variant `http`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,57 +1,115 @@
-//! Active backend checks: Pingora's TCP connect check, with every result
-//! reported to the slot table.
+//! Active backend checks, every result reported to the slot table.
+//!
+//! `kind: tcp` connects; `kind: rtmp` also sends C0+C1 (after the PROXY
+//! header, if backends get one) and wants S0 back within the timeout. A
+//! stopped or hung media server still completes TCP connects (the kernel
+//! answers them), so only the RTMP check sees it.
 //!
 //! Pingora only reports health flips it saw itself; a backend the proxy
 //! marked down after a failed connect would then never come back, because
 //! Pingora still thinks it healthy. Reporting every result makes the latest
 //! check (or failed connect) the truth.
+//!
+//! A check that fails for want of a local resource (descriptors, memory,
+//! ports) says nothing about the backend: it changes no backend's state.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::Result;
-use pingora_load_balancing::health_check::{HealthCheck, TcpHealthCheck};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::Backend;
 
 use crate::balancer::SlotTable;
+use crate::config::{CheckKind, SendProxy};
+use crate::proxy::listener::Episode;
+use crate::proxy::rtmp::Opening;
+use crate::proxy::{connect, local_shortage};
+use crate::rtmp::RTMP_VERSION;
 
 pub struct ReportingCheck {
-    tcp: TcpHealthCheck,
     table: Arc<SlotTable>,
+    timeout: Duration,
+    /// `kind: rtmp`: what goes to the backend, and the wait for its answer.
+    opening: Option<Opening<'static>>,
+    local: Mutex<Episode>,
+}
+
+/// Why one check failed.
+enum Failure {
+    /// This machine lacks something: no verdict on the backend.
+    Local(std::io::Error),
+    Backend(String),
 }
 
 impl ReportingCheck {
-    pub fn new(table: Arc<SlotTable>, timeout: Duration) -> Self {
-        let mut tcp = *TcpHealthCheck::new();
-        tcp.peer_template.options.connection_timeout = Some(timeout);
-        Self { tcp, table }
+    pub fn new(
+        table: Arc<SlotTable>,
+        kind: CheckKind,
+        timeout: Duration,
+        send_proxy: SendProxy,
+    ) -> Self {
+        Self {
+            table,
+            timeout,
+            opening: (kind == CheckKind::Rtmp).then(|| Opening::check(send_proxy, timeout)),
+            local: Mutex::new(Episode::new("health checks")),
+        }
+    }
+
+    fn local_episode(&self) -> std::sync::MutexGuard<'_, Episode> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn probe(&self, addr: SocketAddr) -> std::result::Result<(), Failure> {
+        let mut stream = match connect(addr, self.timeout).await {
+            Ok(stream) => stream,
+            Err(e) if local_shortage(&e) => return Err(Failure::Local(e)),
+            Err(e) => return Err(Failure::Backend(format!("connect failed: {e}"))),
+        };
+        let Some(opening) = &self.opening else {
+            return Ok(());
+        };
+        let first = opening.send(&mut stream).await.map_err(Failure::Backend)?;
+        match first.first() {
+            Some(&RTMP_VERSION) => Ok(()),
+            other => Err(Failure::Backend(format!(
+                "answered the RTMP handshake with {other:?}, not version {RTMP_VERSION}"
+            ))),
+        }
     }
 }
 
 #[async_trait]
 impl HealthCheck for ReportingCheck {
     async fn check(&self, target: &Backend) -> Result<()> {
-        let result = self.tcp.check(target).await;
-        if let Some(addr) = target.addr.as_inet().copied() {
-            report(&self.table, addr, &result);
+        let Some(addr) = target.addr.as_inet().copied() else {
+            return Ok(());
+        };
+        match self.probe(addr).await {
+            Ok(()) => {
+                self.local_episode().over();
+                self.table.set_health(addr, true, "check passed");
+                Ok(())
+            }
+            Err(Failure::Backend(why)) => {
+                self.local_episode().over();
+                let why = format!("health check failed: {why}");
+                self.table.set_health(addr, false, &why);
+                Err(Error::explain(ErrorType::ConnectError, why))
+            }
+            Err(Failure::Local(e)) => {
+                self.local_episode().hit(format_args!(
+                    "{e} (on this machine; backends keep their state)"
+                ));
+                Ok(())
+            }
         }
-        result
     }
 
-    fn health_threshold(&self, success: bool) -> usize {
-        self.tcp.health_threshold(success)
-    }
-}
-
-fn report(table: &SlotTable, addr: SocketAddr, result: &Result<()>) {
-    match result {
-        Ok(()) => table.set_health(addr, true, "check passed"),
-        Err(e) => table.set_health(
-            addr,
-            false,
-            &format!("health check failed: {}", e.root_cause()),
-        ),
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
     }
 }

@@ -17,6 +17,10 @@ const PUBLISH: &[u8] = include_bytes!("../src/rtmp/testdata/ffmpeg_publish.bin")
 const KEY: &str = "testkey123";
 
 /// Connects and replays the captured publish; the stream stays open.
+/// The media servers here are tagged echoes, not RTMP servers: they could
+/// not pass an RTMP health check.
+const TCP_CHECK: &str = "  health_check:\n    kind: tcp\n";
+
 async fn publisher(proxy: &Proxy) -> TcpStream {
     let mut s = proxy.connect().await;
     s.write_all(PUBLISH).await.expect("replay the publish");
@@ -74,7 +78,7 @@ async fn metrics_and_access_log_follow_the_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let access = dir.path().join("access.log");
     let proxy = Proxy::start(&format!(
-        "  access_log: \"{}\"\n  access_log_interval: 300ms\n  max_queue: 0\n  backends:\n    static:\n{}",
+        "  access_log: \"{}\"\n  access_log_interval: 300ms\n  max_queue: 0\n{TCP_CHECK}  backends:\n    static:\n{}",
         access.display(),
         backend.yaml(10, 1)
     ))
@@ -218,7 +222,7 @@ async fn the_stats_page_shows_backends_and_live_streams_in_a_browser() {
     let a = Backend::start("a", Mode::TaggedEcho).await;
     let b = Backend::start("b", Mode::TaggedEcho).await;
     let proxy = Proxy::start(&format!(
-        "  backends:\n    static:\n{}{}",
+        "{TCP_CHECK}  backends:\n    static:\n{}{}",
         a.yaml(10, 1),
         b.yaml(10, 2)
     ))

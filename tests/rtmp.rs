@@ -270,6 +270,10 @@ async fn proxy_header_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Result<S
     (addr, rx)
 }
 
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
 async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
     use ppp::{v1, v2, HeaderResult, PartialResult};
     let mut buf = Vec::new();
@@ -285,6 +289,10 @@ async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
                         SocketAddr::from((a.destination_address, a.destination_port)),
                         h.header.len(),
                     ),
+                    // A health check: no client behind it.
+                    v1::Addresses::Unknown => {
+                        ("check", unspecified(), unspecified(), h.header.len())
+                    }
                     other => return Some(Err(format!("v1 addresses {other:?}"))),
                 },
                 HeaderResult::V2(Ok(h)) => match h.addresses {
@@ -294,6 +302,9 @@ async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
                         SocketAddr::from((a.destination_address, a.destination_port)),
                         h.header.len(),
                     ),
+                    _ if h.command == v2::Command::Local => {
+                        ("check", unspecified(), unspecified(), h.header.len())
+                    }
                     other => return Some(Err(format!("v2 {:?} {other:?}", h.command))),
                 },
                 other => return Some(Err(format!("bad header {other:?} in {buf:?}"))),
@@ -315,6 +326,10 @@ async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
     let reply = c0c1(3, 99);
     if let Err(e) = sock.write_all(&reply).await {
         return Some(Err(format!("cannot answer: {e}")));
+    }
+    // Answered like a server would, and not reported.
+    if version == "check" {
+        return None;
     }
     let seen = Seen {
         version,

@@ -141,9 +141,11 @@ async fn any_proxy_finds_a_stream_published_through_another() {
     let redis = Redis::start();
     let media = Backend::start("media", Mode::TaggedEcho).await;
     // RTMP mode (the default): the observer reads the publish command.
+    // The media server is a tagged echo: checked by connect only.
     let rtmp = |redis: &Redis| {
         format!(
-            "  slots:\n    store: redis\n    url: \"{}\"\n  backends:\n    static:\n{}",
+            "  slots:\n    store: redis\n    url: \"{}\"\n  health_check:\n    kind: tcp\n\
+             \x20 backends:\n    static:\n{}",
             redis.url(),
             media.yaml(10, 1)
         )

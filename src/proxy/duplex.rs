@@ -44,6 +44,9 @@ pub enum End {
     Failed(Side, String),
     /// No byte in either direction for `idle_timeout`.
     Idle,
+    /// The backend took none of the client's waiting bytes for
+    /// `stall_timeout`.
+    BackendStalled,
     /// The process stopped draining (`drain_timeout`) and cut the stream.
     ShutdownCut,
 }
@@ -57,6 +60,7 @@ impl End {
             End::Failed(Side::Client, _) => "client_error",
             End::Failed(Side::Backend, _) => "backend_error",
             End::Idle => "idle_timeout",
+            End::BackendStalled => "backend_stalled",
             End::ShutdownCut => "shutdown_cut",
         }
     }
@@ -72,6 +76,11 @@ pub struct Flow {
     /// Set by every read, cleared by the idle check: a flag rather than a
     /// clock reading per read.
     active: AtomicBool,
+    /// Set while the backend refuses bytes the client sent; `backend_took`
+    /// is set by every write that gets some of them through, and cleared
+    /// by the stall check.
+    backend_blocked: AtomicBool,
+    backend_took: AtomicBool,
     /// Bytes read from the client (towards the backend) and from the backend.
     pub from_client: AtomicU64,
     pub from_backend: AtomicU64,
@@ -88,6 +97,8 @@ impl Flow {
         Self {
             start: Instant::now(),
             active: AtomicBool::new(true),
+            backend_blocked: AtomicBool::new(false),
+            backend_took: AtomicBool::new(false),
             from_client: AtomicU64::new(0),
             from_backend: AtomicU64::new(0),
             first_end: OnceLock::new(),
@@ -128,6 +139,9 @@ pub struct Timers {
     /// No byte either way for this long ends the copy ([`End::Idle`]),
     /// checked every eighth of it: the end comes within 1/8 past it.
     pub idle: Duration,
+    /// The backend taking none of the client's waiting bytes for this long
+    /// ends the copy ([`End::BackendStalled`]), checked like `idle`.
+    pub stall: Duration,
     /// Time between two calls of the progress callback.
     pub progress: Duration,
 }
@@ -180,11 +194,11 @@ where
     // The idle check, progress and the cut, on one timer and one channel.
     let watchdog = async {
         let mut cut_open = true;
-        let step = (timers.idle / 8).max(Duration::from_millis(1));
+        let step = (timers.idle.min(timers.stall) / 8).max(Duration::from_millis(1));
         let every = timers.progress.max(Duration::from_millis(1));
         let now = Instant::now();
         let (mut next_check, mut next_progress) = (after(now, step), after(now, every));
-        let mut last_seen = now;
+        let (mut last_seen, mut last_taken) = (now, now);
         let tick = tokio::time::sleep_until(next_check.min(next_progress));
         tokio::pin!(tick);
         loop {
@@ -202,6 +216,13 @@ where
                             last_seen = now;
                         } else if now.duration_since(last_seen) >= timers.idle {
                             return End::Idle;
+                        }
+                        if !flow.backend_blocked.load(Ordering::Relaxed)
+                            || flow.backend_took.swap(false, Ordering::Relaxed)
+                        {
+                            last_taken = now;
+                        } else if now.duration_since(last_taken) >= timers.stall {
+                            return End::BackendStalled;
                         }
                         next_check = after(now, step);
                     }
@@ -325,6 +346,8 @@ impl Direction {
         W: AsyncWrite + Unpin + ?Sized,
     {
         let to = self.to();
+        // Only the client's bytes waiting for the backend can stall.
+        let watched = (to == Side::Backend).then_some(flow);
         let failed = |side: Side, e: io::Error| {
             flow.ended(End::Failed(side, e.to_string()));
             Poll::Ready(Err(Failed))
@@ -333,10 +356,26 @@ impl Direction {
             // What the writer pushed back, first.
             while self.pos < self.end {
                 let rest = self.buf.get(self.pos..self.end).unwrap_or_default();
-                match ready!(Pin::new(&mut *writer).poll_write(cx, rest)) {
+                let Poll::Ready(written) = Pin::new(&mut *writer).poll_write(cx, rest) else {
+                    if let Some(flow) = watched {
+                        flow.backend_blocked.store(true, Ordering::Relaxed);
+                    }
+                    return Poll::Pending;
+                };
+                match written {
                     Ok(0) => return failed(to, io::ErrorKind::WriteZero.into()),
-                    Ok(n) => self.pos += n,
+                    Ok(n) => {
+                        self.pos += n;
+                        if let Some(flow) = watched {
+                            flow.backend_took.store(true, Ordering::Relaxed);
+                        }
+                    }
                     Err(e) => return failed(to, e),
+                }
+            }
+            if self.end > 0 {
+                if let Some(flow) = watched {
+                    flow.backend_blocked.store(false, Ordering::Relaxed);
                 }
             }
             (self.pos, self.end) = (0, 0);
@@ -407,6 +446,9 @@ impl Direction {
                             head.copy_from_slice(data);
                         }
                         (self.buf, self.pos, self.end) = (buf, 0, data.len());
+                        if let Some(flow) = watched {
+                            flow.backend_blocked.store(true, Ordering::Relaxed);
+                        }
                         return Poll::Pending;
                     }
                 }
@@ -436,6 +478,7 @@ mod tests {
     fn timers(idle_secs: u64) -> Timers {
         Timers {
             idle: Duration::from_secs(idle_secs),
+            stall: Duration::from_secs(idle_secs),
             progress: Duration::from_secs(60),
         }
     }
@@ -556,6 +599,7 @@ mod tests {
         let mut reports = 0;
         let timers = Timers {
             idle: Duration::from_secs(30),
+            stall: Duration::from_secs(30),
             progress: Duration::from_secs(60),
         };
         let copy = run(
@@ -617,5 +661,68 @@ mod tests {
         let (tx, cut) = watch::channel(false);
         tx.send_replace(true);
         assert_eq!(silent(cut).await, End::ShutdownCut);
+    }
+
+    /// A backend that stops taking bytes while the client has more to send
+    /// ends the copy as stalled; one that is slow but keeps taking them
+    /// does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_takes_nothing_is_stalled_and_a_slow_one_is_not() {
+        for slow_reader in [false, true] {
+            let (mut client, mut proxy_client) = tokio::io::duplex(1024);
+            let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
+            let f = flow();
+            let (_keep, cut) = watch::channel(false);
+            // Idle counts reads only: kept out of the way.
+            let timers = Timers {
+                idle: Duration::from_secs(3600),
+                stall: Duration::from_secs(10),
+                progress: Duration::from_secs(3600),
+            };
+            let copy = run(
+                &mut proxy_client,
+                &mut proxy_backend,
+                &f,
+                timers,
+                cut,
+                || {},
+            );
+            // Up to 300 virtual seconds of a client that always has bytes to
+            // send; the slow reader takes 100 bytes every 5 s.
+            let peers = async {
+                let write = async {
+                    for _ in 0..3000 {
+                        if client.write_all(&[1u8; 100]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let read = async {
+                    let mut b = [0u8; 100];
+                    for _ in 0..60 {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        if !slow_reader {
+                            continue;
+                        }
+                        if backend.read_exact(&mut b).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = write => {},
+                    () = read => {},
+                }
+            };
+            let end = tokio::select! {
+                end = copy => Some(end),
+                () = peers => None,
+            };
+            if slow_reader {
+                assert_eq!(end, None, "a slow but moving backend was cut");
+            } else {
+                assert_eq!(end, Some(End::BackendStalled));
+            }
+        }
     }
 }

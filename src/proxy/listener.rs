@@ -150,12 +150,7 @@ impl AcceptErrors {
     /// want of a resource. The client is still queued in the backlog:
     /// nothing is lost.
     pub(crate) async fn failed(&mut self, e: &std::io::Error) {
-        use nix::errno::Errno;
-        let scarce = e.raw_os_error().is_some_and(|n| {
-            [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
-                .contains(&Errno::from_raw(n))
-        });
-        if scarce {
+        if super::local_shortage(e) {
             self.0.hit(e);
             tokio::time::sleep(ACCEPT_BACKOFF).await;
         } else {

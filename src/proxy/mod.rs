@@ -49,6 +49,7 @@ const BACKEND_CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub struct Settings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub stall_timeout: Duration,
     pub queue_timeout: Duration,
 }
 
@@ -57,6 +58,7 @@ impl From<&ProxyConfig> for Settings {
         Self {
             connect_timeout: c.connect_timeout,
             idle_timeout: c.idle_timeout,
+            stall_timeout: c.stall_timeout,
             queue_timeout: c.queue_timeout(),
         }
     }
@@ -141,6 +143,11 @@ impl Proxy {
                     // `stream` is closed here, before its slot is freed.
                     Err(e) => e,
                 },
+                // Every backend would fail alike, and none is to blame.
+                Err(e) if local_shortage(&e) => {
+                    taken.release().await;
+                    return Err(format!("cannot connect from this machine: {e}"));
+                }
                 Err(e) => format!("connect failed: {e}"),
             };
             warn!("{client}: backend {addr} {why}; trying another");
@@ -266,6 +273,7 @@ impl Proxy {
         let cut = self.lifecycle.cut_signal();
         let timers = duplex::Timers {
             idle: self.settings.idle_timeout,
+            stall: self.settings.stall_timeout,
             // Long streams log a progress line every interval.
             progress: self.access_log.interval,
         };
@@ -291,7 +299,16 @@ impl Proxy {
         };
 
         // Step 4: close the backend side, then free the slot. After a
-        // clean end both FINs have crossed already.
+        // clean end both FINs have crossed already. A stalled backend is
+        // marked down first, so that no queued client gets its slot.
+        if end == duplex::End::BackendStalled {
+            let why = format!(
+                "took no bytes for {}",
+                humantime::format_duration(self.settings.stall_timeout)
+            );
+            warn!("{client_addr}: backend {backend_addr} {why}; closing the stream");
+            self.table.set_health(backend_addr, false, &why);
+        }
         if !matches!(end, duplex::End::Closed(_)) {
             close_backend(&mut backend).await;
         }
@@ -433,6 +450,22 @@ async fn watch_hang_up(client: &TcpStream) {
     }
 }
 
+/// A failure of this machine, not of the peer: out of descriptors, memory,
+/// buffers or local ports. It says nothing about a backend's health.
+pub(crate) fn local_shortage(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|n| {
+        [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOBUFS,
+            Errno::ENOMEM,
+            Errno::EADDRNOTAVAIL,
+        ]
+        .contains(&Errno::from_raw(n))
+    })
+}
+
 /// A fresh connection to a backend, with Nagle off like the client side.
 ///
 /// Neither Pingora's `TransportConnector` (made for pooled HTTP upstreams:
@@ -442,7 +475,7 @@ async fn watch_hang_up(client: &TcpStream) {
 /// every connect: the poller already tells. A connecting socket turns
 /// writable once the handshake is done, and a failed one reports a
 /// hang-up, so the error is asked for only then.
-async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let socket = tcp_socket(addr)?;
     match socket.connect(&addr.into()) {
         Err(e) if e.raw_os_error() != Some(nix::libc::EINPROGRESS) => return Err(e),
@@ -516,5 +549,29 @@ mod tests {
         // Nothing listens there now.
         let e = connect(open, Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    }
+
+    #[test]
+    fn only_this_machines_shortages_are_local() {
+        use nix::errno::Errno;
+        let err = |e: Errno| std::io::Error::from_raw_os_error(e as i32);
+        for e in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOBUFS,
+            Errno::ENOMEM,
+            Errno::EADDRNOTAVAIL,
+        ] {
+            assert!(local_shortage(&err(e)), "{e}");
+        }
+        for e in [
+            Errno::ECONNREFUSED,
+            Errno::ETIMEDOUT,
+            Errno::EHOSTUNREACH,
+            Errno::ECONNRESET,
+        ] {
+            assert!(!local_shortage(&err(e)), "{e}");
+        }
+        assert!(!local_shortage(&std::io::ErrorKind::TimedOut.into()));
     }
 }

@@ -266,6 +266,27 @@ pub struct Opening<'a> {
     reply_timeout: Option<Duration>,
 }
 
+/// What a `kind: rtmp` health check sends: version 3, time and zero
+/// fields 0, no randomness needed for a server to answer.
+static CHECK_C0C1: [u8; C0C1_LEN] = {
+    let mut b = [0u8; C0C1_LEN];
+    b[0] = rtmp::RTMP_VERSION;
+    b
+};
+
+impl Opening<'static> {
+    /// The opening of a `kind: rtmp` health check: the PROXY header (with
+    /// no client, so `UNKNOWN` or `LOCAL`), C0+C1, and a wait of `timeout`
+    /// for the answer.
+    pub fn check(send_proxy: SendProxy, timeout: Duration) -> Self {
+        Self {
+            header: (send_proxy != SendProxy::Off).then(|| proxy_header(send_proxy, None)),
+            bytes: &CHECK_C0C1,
+            reply_timeout: Some(timeout),
+        }
+    }
+}
+
 impl Opening<'_> {
     /// Sends the PROXY header and the client's bytes on a fresh backend
     /// connection, then (`rtmp` mode) waits for the backend's first bytes

@@ -95,6 +95,25 @@ impl Nginx {
         }
     }
 
+    /// SIGSTOP: a hung server. The kernel still completes TCP connects to
+    /// it, but nothing answers and nothing is read.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("nginx running").id();
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} {pid} failed");
+    }
+
     /// `/stat` XML, empty if it does not answer.
     pub fn stat(&self) -> String {
         http_get_blocking(self.http, "/stat")
