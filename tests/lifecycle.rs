@@ -96,6 +96,14 @@ async fn a_stream_runs_through_an_upgrade_and_the_old_process_exits_after_it() {
     // The new process serves.
     let (status, _) = http_get(new.health, "/health").await.unwrap();
     assert_eq!(status, 200);
+    // A normal upgrade logs no error, and start-up no `service exited`
+    // lines, though the tests run with `RUST_LOG=info`.
+    for log in [old.log_text(), new.log_text()] {
+        assert!(
+            !log.contains("ERROR") && !log.contains("' exited."),
+            "noise in a normal upgrade:\n{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
