@@ -34,6 +34,7 @@ fn huge_durations_are_rejected() {
         ("drain_delay", "  drain_delay: {}"),
         ("drain_timeout", "  drain_timeout: {}"),
         ("handshake_timeout", "  handshake_timeout: {}"),
+        ("stall_timeout", "  stall_timeout: {}"),
         ("health_check.interval", "  health_check:\n    interval: {}"),
         ("health_check.timeout", "  health_check:\n    timeout: {}"),
         ("slots.lease", "  slots:\n    lease: {}"),

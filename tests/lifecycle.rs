@@ -39,18 +39,6 @@ async fn stream_paced(
     sent
 }
 
-/// Echoes through a held connection; false if it is broken.
-async fn still_echoes(s: &mut TcpStream) -> bool {
-    if s.write_all(b"ping").await.is_err() {
-        return false;
-    }
-    let mut b = [0u8; 4];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await,
-        Ok(Ok(_))
-    ) && &b == b"ping"
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_runs_through_an_upgrade_and_the_old_process_exits_after_it() {
     let backend = Backend::start("b", Mode::Exchange { n: 0, seed: 1 }).await;

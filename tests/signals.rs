@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A raw TCP proxy to one echoing backend, access log in `log`.
@@ -19,18 +18,6 @@ async fn proxy_with_log(backend: &Backend, log: &Path, extra: &str) -> Proxy {
         backend.yaml(10, 0)
     ))
     .await
-}
-
-/// Echoes through a held connection; false if it is broken.
-async fn still_echoes(s: &mut TcpStream) -> bool {
-    if s.write_all(b"ping").await.is_err() {
-        return false;
-    }
-    let mut b = [0u8; 4];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await,
-        Ok(Ok(_))
-    ) && &b == b"ping"
 }
 
 fn read(path: &Path) -> String {

@@ -566,6 +566,18 @@ pub fn expected_hash(n: usize, seed: u64) -> u64 {
     h
 }
 
+/// Echoes through a held connection; false if it is broken.
+pub async fn still_echoes(s: &mut TcpStream) -> bool {
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut b = [0u8; 4];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await,
+        Ok(Ok(_))
+    ) && &b == b"ping"
+}
+
 /// Reads the `name\n` tag a `TaggedEcho` backend sends first; `None` if the
 /// proxy closed the connection instead (bounded by `limit`).
 pub async fn read_tag(s: &mut TcpStream, limit: Duration) -> Option<String> {
