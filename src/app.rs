@@ -100,7 +100,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
     );
     let lifecycle = Lifecycle::new(proxy.drain_delay, proxy.drain_timeout);
     lifecycle.watch_signals()?;
-    let handoff = Handoff::new(&server_conf.upgrade_sock, table.clone());
+    // Before the handoff: the old process's stream records arrive at once.
+    let streams = Directory::new();
+    let handoff = Handoff::new(&server_conf.upgrade_sock, table.clone(), streams.clone());
     let (forward_tx, forward_rx) = tokio::sync::mpsc::unbounded_channel();
     if upgrade {
         // Before bootstrap: the old process must know we are waiting before
@@ -135,6 +137,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
         )?),
         _ => None,
     };
+    if let Some(shared) = &shared {
+        streams.set_fleet(shared.clone());
+    }
     let protection = if proxy.scale_in_protection.enabled {
         Some(Protection::start(
             &proxy,
@@ -158,6 +163,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             table,
             lifecycle: lifecycle.clone(),
             handoff: handoff.clone(),
+            streams,
             forwarded: forward_rx,
             shared,
             access_log,
@@ -206,6 +212,7 @@ struct Parts {
     table: Arc<SlotTable>,
     lifecycle: Arc<Lifecycle>,
     handoff: Arc<Handoff>,
+    streams: Arc<Directory>,
     forwarded: UnboundedReceiver<ForwardedClient>,
     shared: Option<Arc<SharedSlots>>,
     access_log: Arc<AccessLog>,
@@ -218,6 +225,7 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
         table,
         lifecycle,
         handoff,
+        streams,
         forwarded,
         shared,
         access_log,
@@ -247,7 +255,6 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
     lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh);
     let backends = server.add_service(background_service("backends", lb));
 
-    let streams = Directory::with_fleet(shared.clone());
     let core = Proxy::new(
         table.clone(),
         Settings::from(proxy),

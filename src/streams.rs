@@ -9,33 +9,71 @@
 //! Stream keys are secrets: listings show them only through
 //! [`rtmp::redact`], and a lookup needs the caller to know the full key
 //! already. Byte counts are read live from the connection's [`Flow`].
+//!
+//! During a binary upgrade the old process keeps its streams until they
+//! end. It sends their records to the new process over the hand-off
+//! channel ([`Directory::subscribe`]), which lists them as `draining`
+//! ([`Directory::inherit`]) until the old process reports them gone. A
+//! record carries the view, already redacted, and a hash of app and key for
+//! lookups: the key itself never leaves the process that saw it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::balancer::redis::SharedSlots;
 use crate::proxy::duplex::Flow;
 use crate::rtmp::{self, Role, StreamInfo};
 
-/// All live entries of this process; with the Redis slot store, its
-/// publishers are also listed fleet-wide, so any proxy can answer
-/// `/streams/{app}/{key}`.
+/// All live entries of this process, and the records of older processes
+/// still draining; with the Redis slot store, its publishers are also
+/// listed fleet-wide, so any proxy can answer `/streams/{app}/{key}`.
 #[derive(Default)]
 pub struct Directory {
     inner: Mutex<Inner>,
-    fleet: Option<Arc<SharedSlots>>,
+    fleet: OnceLock<Arc<SharedSlots>>,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// This process's part of record ids: pids differ between the
+    /// processes of an upgrade, which are alive at the same time.
+    origin: u32,
     next_id: u64,
     /// By id, which is also the order of arrival.
     entries: BTreeMap<u64, Entry>,
+    /// Streams still live on an older process, by their record id.
+    inherited: BTreeMap<String, Inherited>,
+    /// The successor of an upgrade, told of every change while connected.
+    observer: Option<Box<dyn Fn(Change) + Send>>,
+}
+
+struct Inherited {
+    lookup: Option<String>,
+    view: StreamView,
+}
+
+/// A stream as one process tells the next one about it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// Unique among the processes of an upgrade chain: `<pid>-<n>`.
+    pub id: String,
+    /// [`fleet_id`] of app and key, once identified.
+    pub lookup: Option<String>,
+    pub view: StreamView,
+}
+
+/// What the successor of an upgrade is told, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A stream appeared or changed (its counters move on).
+    Upsert(Box<Record>),
+    /// The stream with this record id ended.
+    Remove(String),
 }
 
 struct Entry {
@@ -58,7 +96,7 @@ enum State {
 }
 
 /// One element of `GET /streams`, and the answer of a lookup.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StreamView {
     /// The RTMP application, with any `?query` (often a token) cut.
     pub app: Option<String>,
@@ -67,9 +105,9 @@ pub struct StreamView {
     /// `publish` or `play`.
     pub role: Option<String>,
     /// `identifying`, `identified` or `unknown`.
-    pub status: &'static str,
+    pub status: String,
     /// Why the stream could not be identified (`unknown` only).
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
     pub backend: SocketAddr,
     pub client: String,
     /// When the connection reached its backend (RFC 3339).
@@ -78,25 +116,32 @@ pub struct StreamView {
     pub bytes_up: u64,
     /// Bytes from the backend so far.
     pub bytes_down: u64,
+    /// The process carrying it takes no new streams: an older process of
+    /// an upgrade (counters as it last reported them, every 2 s), or this
+    /// one while it drains.
+    pub draining: bool,
 }
 
 impl Directory {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::with_origin(std::process::id())
     }
 
-    /// A directory whose publishers are also listed in Redis.
-    pub fn with_fleet(fleet: Option<Arc<SharedSlots>>) -> Arc<Self> {
-        Arc::new(Self {
-            inner: Mutex::default(),
-            fleet,
-        })
+    fn with_origin(origin: u32) -> Arc<Self> {
+        let dir = Self::default();
+        dir.lock().origin = origin;
+        Arc::new(dir)
+    }
+
+    /// Lists this process's publishers in Redis too, from now on.
+    pub fn set_fleet(&self, fleet: Arc<SharedSlots>) {
+        let _ = self.fleet.set(fleet);
     }
 
     /// The stream as listed by any proxy of the fleet (Redis slot store),
     /// when this process does not have it.
     pub async fn find_in_fleet(&self, app: &str, key: &str) -> Option<serde_json::Value> {
-        let fleet = self.fleet.as_ref()?;
+        let fleet = self.fleet.get()?;
         let entry = fleet.find_stream(&fleet_id(app, key)).await?;
         serde_json::from_str(&entry).ok()
     }
@@ -117,17 +162,16 @@ impl Directory {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id = inner.next_id.wrapping_add(1);
-        inner.entries.insert(
-            id,
-            Entry {
-                client: client.to_owned(),
-                backend,
-                started: SystemTime::now(),
-                flow,
-                state: State::Identifying,
-                listed: None,
-            },
-        );
+        let entry = Entry {
+            client: client.to_owned(),
+            backend,
+            started: SystemTime::now(),
+            flow,
+            state: State::Identifying,
+            listed: None,
+        };
+        inner.tell(|| Change::Upsert(Box::new(entry.record(inner.record_id(id)))));
+        inner.entries.insert(id, entry);
         Registration {
             handle: Handle {
                 dir: self.clone(),
@@ -136,9 +180,16 @@ impl Directory {
         }
     }
 
-    /// Every live connection, oldest first.
-    pub fn list(&self) -> Vec<StreamView> {
-        self.lock().entries.values().map(Entry::view).collect()
+    /// Every live connection, older processes' first, each oldest first.
+    /// `draining` marks this process's own streams too while it drains.
+    pub fn list(&self, draining: bool) -> Vec<StreamView> {
+        let inner = self.lock();
+        let inherited = inner.inherited.values().map(|i| i.view.clone());
+        let own = inner.entries.values().map(|e| StreamView {
+            draining,
+            ..e.view()
+        });
+        inherited.chain(own).collect()
     }
 
     /// The stream with exactly this key in `app` (compared without any
@@ -146,30 +197,38 @@ impl Directory {
     /// and players), the publisher wins, then the oldest.
     pub fn find(&self, app: &str, key: &str) -> Option<StreamView> {
         let inner = self.lock();
-        let mut matching = inner.entries.values().filter(|e| match &e.state {
-            State::Identified(i) => i.stream_key == key && app_name(&i.app) == app,
-            _ => false,
-        });
-        let first = matching.clone().next()?;
-        let publisher = matching.find(|e| {
-            matches!(
-                &e.state,
-                State::Identified(StreamInfo {
-                    role: Role::Publish { .. },
-                    ..
-                })
-            )
-        });
-        Some(publisher.unwrap_or(first).view())
+        let lookup = fleet_id(app, key);
+        let inherited = inner
+            .inherited
+            .values()
+            .filter(|i| i.lookup.as_deref() == Some(lookup.as_str()))
+            .map(|i| i.view.clone());
+        let own = inner
+            .entries
+            .values()
+            .filter(|e| match &e.state {
+                State::Identified(i) => i.stream_key == key && app_name(&i.app) == app,
+                _ => false,
+            })
+            .map(Entry::view);
+        let mut matching = inherited.chain(own).peekable();
+        let first = matching.peek()?.clone();
+        let publisher = matching.find(|v| v.role.as_deref() == Some("publish"));
+        Some(publisher.unwrap_or(first))
     }
 
     fn update(&self, id: u64, state: State) {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let record_id = inner.record_id(id);
         let Some(e) = inner.entries.get_mut(&id) else {
             return;
         };
         e.state = state;
-        if let (Some(fleet), State::Identified(info)) = (&self.fleet, &e.state) {
+        if let Some(observer) = &inner.observer {
+            observer(Change::Upsert(Box::new(e.record(record_id))));
+        }
+        if let (Some(fleet), State::Identified(info)) = (self.fleet.get(), &e.state) {
             if matches!(info.role, Role::Publish { .. }) {
                 let fid = fleet_id(app_name(&info.app), &info.stream_key);
                 if let Ok(entry) = serde_json::to_string(&e.view()) {
@@ -181,9 +240,96 @@ impl Directory {
     }
 
     fn remove(&self, id: u64) {
-        let removed = self.lock().entries.remove(&id);
-        if let (Some(fleet), Some(fid)) = (&self.fleet, removed.and_then(|e| e.listed)) {
+        let removed = {
+            let mut inner = self.lock();
+            let removed = inner.entries.remove(&id);
+            inner.tell(|| Change::Remove(inner.record_id(id)));
+            removed
+        };
+        if let (Some(fleet), Some(fid)) = (self.fleet.get(), removed.and_then(|e| e.listed)) {
             fleet.unpublish_stream(fid);
+        }
+    }
+
+    /// Tells `observer` of every stream, own and inherited, then of every
+    /// change until [`unsubscribe`](Self::unsubscribe). Returns how many
+    /// streams it was told of.
+    pub fn subscribe(&self, observer: impl Fn(Change) + Send + 'static) -> usize {
+        let mut inner = self.lock();
+        let mut told = 0;
+        for (id, i) in &inner.inherited {
+            observer(Change::Upsert(Box::new(Record {
+                id: id.clone(),
+                lookup: i.lookup.clone(),
+                view: i.view.clone(),
+            })));
+            told += 1;
+        }
+        for (&id, e) in &inner.entries {
+            observer(Change::Upsert(Box::new(e.record(inner.record_id(id)))));
+            told += 1;
+        }
+        inner.observer = Some(Box::new(observer));
+        told
+    }
+
+    pub fn unsubscribe(&self) {
+        self.lock().observer = None;
+    }
+
+    /// Tells the observer the current counters of this process's streams.
+    pub fn refresh(&self) {
+        let inner = self.lock();
+        if let Some(observer) = &inner.observer {
+            for (&id, e) in &inner.entries {
+                observer(Change::Upsert(Box::new(e.record(inner.record_id(id)))));
+            }
+        }
+    }
+
+    /// Applies a change reported by the older process of an upgrade, and
+    /// passes it on to this process's own successor, if any.
+    pub fn inherit(&self, change: Change) {
+        let mut inner = self.lock();
+        match &change {
+            Change::Upsert(r) => {
+                let view = StreamView {
+                    draining: true,
+                    ..r.view.clone()
+                };
+                let lookup = r.lookup.clone();
+                inner
+                    .inherited
+                    .insert(r.id.clone(), Inherited { lookup, view });
+            }
+            Change::Remove(id) => {
+                inner.inherited.remove(id);
+            }
+        }
+        inner.tell(|| change);
+    }
+
+    /// The older process is gone, and so are its streams. Returns how many
+    /// it still listed.
+    pub fn forget_inherited(&self) -> usize {
+        let mut inner = self.lock();
+        let gone = std::mem::take(&mut inner.inherited);
+        for id in gone.keys() {
+            inner.tell(|| Change::Remove(id.clone()));
+        }
+        gone.len()
+    }
+}
+
+impl Inner {
+    /// An entry's id as the processes of an upgrade chain know it.
+    fn record_id(&self, id: u64) -> String {
+        format!("{}-{id}", self.origin)
+    }
+
+    fn tell(&self, change: impl FnOnce() -> Change) {
+        if let Some(observer) = &self.observer {
+            observer(change());
         }
     }
 }
@@ -204,19 +350,32 @@ impl Entry {
                 "identified",
                 None,
             ),
-            State::Unknown(r) => (None, None, None, "unknown", Some(*r)),
+            State::Unknown(r) => (None, None, None, "unknown", Some((*r).to_owned())),
         };
         StreamView {
             app,
             key,
             role,
-            status,
+            status: status.to_owned(),
             reason,
             backend: self.backend,
             client: self.client.clone(),
             started_at: humantime::format_rfc3339_seconds(self.started).to_string(),
             bytes_up: self.flow.from_client.load(Ordering::Relaxed),
             bytes_down: self.flow.from_backend.load(Ordering::Relaxed),
+            draining: false,
+        }
+    }
+
+    fn record(&self, id: String) -> Record {
+        let lookup = match &self.state {
+            State::Identified(i) => Some(fleet_id(app_name(&i.app), &i.stream_key)),
+            _ => None,
+        };
+        Record {
+            id,
+            lookup,
+            view: self.view(),
         }
     }
 }
@@ -330,18 +489,23 @@ mod tests {
         let a = dir.add("1.2.3.4:5", "127.0.0.1:1935".parse().unwrap(), f.clone());
         f.count(Side::Client, 10);
         f.count(Side::Backend, 3);
-        let list = dir.list();
+        let list = dir.list(false);
         assert_eq!(list.len(), 1);
         assert_eq!(
-            (list[0].status, list[0].bytes_up, list[0].bytes_down),
+            (
+                list[0].status.as_str(),
+                list[0].bytes_up,
+                list[0].bytes_down
+            ),
             ("identifying", 10, 3)
         );
         assert_eq!(a.describe(), "stream not identified");
         a.handle().unknown("bad_amf0");
-        assert_eq!(dir.list()[0].reason, Some("bad_amf0"));
+        assert_eq!(dir.list(false)[0].reason.as_deref(), Some("bad_amf0"));
         assert_eq!(a.describe(), "unknown stream (bad_amf0)");
+        assert!(dir.list(true)[0].draining);
         drop(a);
-        assert!(dir.list().is_empty());
+        assert!(dir.list(false).is_empty());
     }
 
     #[test]
@@ -357,7 +521,7 @@ mod tests {
             .handle()
             .identified(info("live", "secretkey123", Role::Play));
 
-        let list = dir.list();
+        let list = dir.list(false);
         let text = serde_json::to_string(&list).unwrap();
         assert!(
             !text.contains("secretkey123") && !text.contains("s3cret"),
@@ -374,5 +538,78 @@ mod tests {
         assert!(dir.find("other", "secretkey123").is_none());
         drop(p);
         assert_eq!(dir.find("live", "secretkey123").unwrap().backend, other);
+    }
+
+    /// The old process of an upgrade (`old`) tells the new one (`new`),
+    /// which lists its streams as draining and passes them on.
+    #[test]
+    fn an_upgrade_chain_lists_the_old_streams_until_they_end() {
+        let (old, new, newest) = (
+            Directory::with_origin(1),
+            Directory::with_origin(2),
+            Directory::with_origin(3),
+        );
+        let backend: SocketAddr = "127.0.0.1:1935".parse().unwrap();
+        let early = old.add("c0", backend, flow());
+        let sink = |to: &Arc<Directory>| {
+            let to = to.clone();
+            move |change| to.inherit(change)
+        };
+        assert_eq!(old.subscribe(sink(&new)), 1);
+        let p = old.add("c1", backend, flow());
+        p.handle()
+            .identified(info("live", "secretkey123", publish()));
+        assert_eq!(new.subscribe(sink(&newest)), 2);
+
+        for dir in [&new, &newest] {
+            let list = dir.list(false);
+            assert_eq!(list.len(), 2);
+            assert!(list.iter().all(|v| v.draining), "{list:?}");
+            let found = dir.find("live", "secretkey123").unwrap();
+            assert_eq!((found.client.as_str(), found.draining), ("c1", true));
+            assert!(dir.find("live", "secretkey12").is_none());
+        }
+        // A new player of the stream on the new process: the publisher on
+        // the old one still answers the lookup.
+        let player = new.add("c2", backend, flow());
+        player
+            .handle()
+            .identified(info("live", "secretkey123", Role::Play));
+        assert_eq!(new.find("live", "secretkey123").unwrap().client, "c1");
+        assert_eq!(newest.list(false).len(), 3);
+
+        drop(p);
+        assert_eq!(new.find("live", "secretkey123").unwrap().client, "c2");
+        assert!(newest.list(false).iter().all(|v| v.client != "c1"));
+        drop(early);
+        drop(player);
+        assert!(new.list(false).is_empty());
+        assert!(newest.list(false).is_empty());
+    }
+
+    #[test]
+    fn a_gone_process_takes_its_streams_along() {
+        let (new, newest) = (Directory::new(), Directory::new());
+        let view = Directory::new()
+            .add("c1", "127.0.0.1:1935".parse().unwrap(), flow())
+            .view()
+            .unwrap();
+        let record = |id: &str| Record {
+            id: id.into(),
+            lookup: None,
+            view: view.clone(),
+        };
+        new.inherit(Change::Upsert(Box::new(record("7-0"))));
+        new.inherit(Change::Upsert(Box::new(record("7-1"))));
+        new.inherit(Change::Upsert(Box::new(record("7-1"))));
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let log = told.clone();
+        new.subscribe(move |c| log.lock().unwrap().push(c));
+        assert_eq!(new.forget_inherited(), 2);
+        assert!(new.list(false).is_empty());
+        let told = told.lock().unwrap();
+        assert_eq!(told.len(), 4);
+        assert_eq!(told[3], Change::Remove("7-1".into()));
+        drop(newest);
     }
 }

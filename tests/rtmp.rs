@@ -570,3 +570,118 @@ async fn a_stopped_media_server_is_skipped() {
     assert_eq!(proxy.backend_field(stopped.rtmp, "healthy").await, false);
     assert_eq!(proxy.metric(&rejected("connect_failed")).await, 0.0);
 }
+
+/// `/streams` of `proxy`, read from a blocking condition.
+fn streams_blocking(proxy: &Proxy) -> Vec<Value> {
+    http_get_blocking(proxy.admin, "/streams")
+        .ok()
+        .and_then(|(_, body)| serde_json::from_str(&body).ok())
+        .unwrap_or_default()
+}
+
+/// The listed publisher whose key redacts to `shown`.
+fn listed<'a>(list: &'a [Value], shown: &str) -> Option<&'a Value> {
+    list.iter()
+        .find(|s| s["key"] == shown && s["role"] == "publish")
+}
+
+/// Reliability defect 5: after an upgrade, the new process lists the
+/// streams still live on the old one as draining and answers lookups for
+/// them; each leaves the list when it ends there, not when the old
+/// process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_left_on_the_old_process_stay_listed_after_an_upgrade() {
+    let server = Nginx::start(false).await;
+    let old = Proxy::start(&statics(&[server.yaml(2)])).await;
+    let keys = ["staysKey0000secret", "leavesKey000secret"];
+    let mut publishers: Vec<Publisher> = keys
+        .iter()
+        .map(|k| Publisher::start(&url(old.listen, k), old.dir.path(), k))
+        .collect();
+    for key in keys {
+        assert!(
+            server.wait_publishing(key, Duration::from_secs(20)).await,
+            "{key} not live; log:\n{}",
+            old.log_text()
+        );
+    }
+    let identified = wait_until(Duration::from_secs(10), || {
+        let list = streams_blocking(&old);
+        listed(&list, "stay…").is_some() && listed(&list, "leav…").is_some()
+    })
+    .await;
+    assert!(identified, "{:?}", streams(&old).await);
+
+    let new = old.upgrade().await;
+    let list = streams(&new).await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    let stays = listed(&list, "stay…").expect("the old process's stream");
+    assert_eq!(stays["draining"], true, "{stays}");
+    assert_eq!(stays["backend"], server.rtmp.to_string());
+    let (status, body) = http_get(new.admin, &format!("/streams/stream/{}", keys[0]))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let found: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&found["key"], &found["draining"]),
+        (&"stay…".into(), &true.into())
+    );
+    // The old process keeps sending the counters.
+    let before = stays["bytes_up"].as_u64().unwrap();
+    let moving = wait_until(Duration::from_secs(20), || {
+        listed(&streams_blocking(&new), "stay…")
+            .and_then(|s| s["bytes_up"].as_u64())
+            .is_some_and(|now| now > before)
+    })
+    .await;
+    assert!(moving, "counters not refreshed: {:?}", streams(&new).await);
+
+    publishers.pop();
+    let gone = wait_until(Duration::from_secs(20), || {
+        let list = streams_blocking(&new);
+        list.len() == 1 && listed(&list, "stay…").is_some()
+    })
+    .await;
+    assert!(gone, "{:?}\n{}", streams(&new).await, old.log_text());
+    let (status, _) = http_get(new.admin, &format!("/streams/stream/{}", keys[1]))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    assert!(publishers[0].running(), "{}", publishers[0].log());
+
+    // The last one ends and the old process exits.
+    publishers.clear();
+    let exited = wait_until(Duration::from_secs(20), || {
+        new.log_text().contains("old process gone")
+    })
+    .await;
+    assert!(exited, "{}", new.log_text());
+    assert_eq!(streams(&new).await, Vec::<Value>::new());
+
+    // The new process's own stream is draining once it gets SIGTERM.
+    let key = "termKey00000secret";
+    let _publisher = Publisher::start(&url(new.listen, key), new.dir.path(), key);
+    let serving = wait_until(Duration::from_secs(20), || {
+        listed(&streams_blocking(&new), "term…").is_some_and(|s| s["draining"] == false)
+    })
+    .await;
+    assert!(
+        serving,
+        "{:?}
+{}",
+        streams(&new).await,
+        new.log_text()
+    );
+    new.signal("TERM");
+    let draining = wait_until(Duration::from_secs(20), || {
+        listed(&streams_blocking(&new), "term…").is_some_and(|s| s["draining"] == true)
+    })
+    .await;
+    assert!(draining, "{:?}", streams(&new).await);
+    for log in [old.log_text(), new.log_text()] {
+        for key in keys.iter().chain([&key]) {
+            assert!(!log.contains(key), "full key {key} in the log:\n{log}");
+        }
+    }
+}

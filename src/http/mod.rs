@@ -226,7 +226,7 @@ impl server::Handler for Admin {
                 STATS_PAGE.as_bytes().to_vec(),
             ),
             "/status" => json(&self.status()),
-            "/streams" => json(&self.streams.list()),
+            "/streams" => json(&self.streams.list(self.lifecycle.phase() != Phase::Serving)),
             "/metrics" => body(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

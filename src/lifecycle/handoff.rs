@@ -21,6 +21,10 @@
 //!    gone, whatever it still held is released. A process that is itself
 //!    upgraded passes on what it inherited, so upgrades can follow each
 //!    other while old streams run.
+//! 5. Alongside the slots, the old process sends its stream directory
+//!    ([`crate::streams`]): a record per stream when the successor connects,
+//!    on every change, and with fresh counters every [`REFRESH`]; an end
+//!    when the stream ends. The new process lists them as `draining`.
 //!
 //! The channel is a Unix `SOCK_SEQPACKET` socket: message boundaries are
 //! kept, so every message is one datagram, tagged by its first byte. It is
@@ -44,14 +48,34 @@ use tokio::net::TcpStream;
 use super::{Lifecycle, SessionGuard};
 use crate::balancer::{SlotEvent, SlotTable};
 use crate::metrics;
+use crate::streams::{Change, Directory, Record};
 
 const TAKE: u8 = b'T';
 const RELEASE: u8 = b'R';
 const HANDOFF: u8 = b'H';
 const CLIENT: u8 = b'C';
+const STREAM: u8 = b'S';
+const STREAM_END: u8 = b'E';
 
 /// Largest datagram: a client message carries up to 64 KiB already read.
 const MAX_MESSAGE: usize = 80 * 1024;
+
+/// How often the old process sends its streams' counters, so that the new
+/// one's `/streams` shows them moving.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// A stream message that cannot be sent or was not understood.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("stream record is not valid: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("stream record id {0:?} is not <pid>-<number>")]
+    BadId(String),
+    #[error("stream record lookup is not a SHA-256 digest in hex")]
+    BadLookup,
+    #[error("stream record of {0} bytes does not fit one {MAX_MESSAGE}-byte message")]
+    TooLarge(usize),
+}
 
 /// A client accepted by the old process, to be served here.
 pub struct ForwardedClient {
@@ -63,6 +87,7 @@ pub struct ForwardedClient {
 /// What goes to the successor, in order.
 enum Outgoing {
     Event(SlotEvent),
+    Stream(Change),
     Marker,
     /// With the client's session: the old process may not exit before the
     /// client has left it.
@@ -74,6 +99,7 @@ pub struct Handoff {
     /// Pingora's `upgrade_sock`, where a new process waits for the sockets.
     upgrade_sock: PathBuf,
     table: Arc<SlotTable>,
+    streams: Arc<Directory>,
     /// The connected successor's queue, while there is one.
     successor: Mutex<Option<mpsc::Sender<Outgoing>>>,
     /// Set once the predecessor's marker arrived (or it never existed).
@@ -86,11 +112,12 @@ impl Handoff {
         PathBuf::from(format!("{upgrade_sock}.slots"))
     }
 
-    pub fn new(upgrade_sock: &str, table: Arc<SlotTable>) -> Arc<Self> {
+    pub fn new(upgrade_sock: &str, table: Arc<SlotTable>, streams: Arc<Directory>) -> Arc<Self> {
         Arc::new(Self {
             path: Self::path_for(upgrade_sock),
             upgrade_sock: PathBuf::from(upgrade_sock),
             table,
+            streams,
             successor: Mutex::new(None),
             ready: (Mutex::new(false), Condvar::new()),
         })
@@ -191,11 +218,18 @@ impl Handoff {
                     }
                     None => warn!("malformed forwarded client from the old process; dropped"),
                 },
+                (STREAM | STREAM_END, None) => match decode_change(tag, body) {
+                    Ok(change) => self.streams.inherit(change),
+                    Err(e) => warn!("from the old process: {e}; ignored"),
+                },
                 _ => warn!("unexpected slot handoff message (tag {tag}); ignored"),
             }
         }
         let left = self.table.clear_inherited();
-        info!("old process gone; released the {left} slot(s) it still held");
+        let streams = self.streams.forget_inherited();
+        info!(
+            "old process gone; released the {left} slot(s) it still held and unlisted its {streams} stream(s)"
+        );
         self.set_ready();
     }
 
@@ -241,9 +275,14 @@ impl Handoff {
                     let _ = tx.send(Outgoing::Event(event));
                 }
             });
+            let streams = self.streams.subscribe({
+                let tx = tx.clone();
+                move |change| {
+                    let _ = tx.send(Outgoing::Stream(change));
+                }
+            });
             info!(
-                "a new process is waiting to take over; sent it {} live slot(s)",
-                snapshot
+                "a new process is waiting to take over; sent it {snapshot} live slot(s) and {streams} stream record(s)"
             );
             *successor = Some(tx);
             drop(successor);
@@ -259,7 +298,16 @@ impl Handoff {
     }
 
     fn write_successor(&self, conn: OwnedFd, rx: mpsc::Receiver<Outgoing>) {
-        for out in rx {
+        loop {
+            let out = match rx.recv_timeout(REFRESH) {
+                Ok(out) => out,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // The fresh counters come back through the queue.
+                    self.streams.refresh();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let sent = match out {
                 Outgoing::Event(SlotEvent::Take(addr)) => {
                     send(&conn, TAKE, addr.to_string().as_bytes(), None)
@@ -268,6 +316,13 @@ impl Handoff {
                     send(&conn, RELEASE, addr.to_string().as_bytes(), None)
                 }
                 Outgoing::Marker => send(&conn, HANDOFF, &[], None),
+                Outgoing::Stream(change) => match encode_change(&change) {
+                    Ok((tag, body)) => send(&conn, tag, &body, None),
+                    Err(e) => {
+                        warn!("not sent to the new process: {e}");
+                        Ok(())
+                    }
+                },
                 Outgoing::Client(c, _session) => {
                     let sent = send(&conn, CLIENT, &encode_client(&c), Some(c.fd.as_raw_fd()));
                     match &sent {
@@ -287,6 +342,7 @@ impl Handoff {
 
     fn drop_successor(&self) {
         self.table.unsubscribe();
+        self.streams.unsubscribe();
         *self.successor.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
@@ -389,6 +445,46 @@ fn decode_client(body: &[u8], fd: OwnedFd) -> Option<ForwardedClient> {
     })
 }
 
+/// A stream change as one message: its tag and body (JSON, or the id of
+/// an ended stream).
+fn encode_change(change: &Change) -> Result<(u8, Vec<u8>), RecordError> {
+    let (tag, body) = match change {
+        Change::Upsert(record) => (STREAM, serde_json::to_vec(record)?),
+        Change::Remove(id) => (STREAM_END, id.as_bytes().to_vec()),
+    };
+    // One byte goes to the tag.
+    if body.len() >= MAX_MESSAGE {
+        return Err(RecordError::TooLarge(body.len()));
+    }
+    Ok((tag, body))
+}
+
+fn decode_change(tag: u8, body: &[u8]) -> Result<Change, RecordError> {
+    if tag == STREAM_END {
+        let id = String::from_utf8_lossy(body).into_owned();
+        if !valid_id(&id) {
+            return Err(RecordError::BadId(id));
+        }
+        return Ok(Change::Remove(id));
+    }
+    let record: Record = serde_json::from_slice(body)?;
+    if !valid_id(&record.id) {
+        return Err(RecordError::BadId(record.id));
+    }
+    let hex_digest = |l: &String| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit());
+    if !record.lookup.as_ref().is_none_or(hex_digest) {
+        return Err(RecordError::BadLookup);
+    }
+    Ok(Change::Upsert(Box::new(record)))
+}
+
+/// `<pid>-<number>`, as [`crate::streams`] makes them.
+fn valid_id(id: &str) -> bool {
+    let digits = |s: &str| (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    id.split_once('-')
+        .is_some_and(|(pid, n)| digits(pid) && digits(n))
+}
+
 fn send(conn: &OwnedFd, tag: u8, body: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
     let tag = [tag];
     let iov = [IoSlice::new(&tag), IoSlice::new(body)];
@@ -444,4 +540,81 @@ pub fn unix_listener_exists(path: &Path) -> bool {
             && cols[7] == want
             && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & ACCEPTCON != 0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, lookup: Option<&str>) -> Change {
+        let view = serde_json::from_value(serde_json::json!({
+            "app": "live", "key": "secr…", "role": "publish",
+            "status": "identified", "reason": null,
+            "backend": "127.0.0.1:1935", "client": "127.0.0.1:40000",
+            "started_at": "2026-12-05T15:00:00Z",
+            "bytes_up": 12345, "bytes_down": 678, "draining": false
+        }))
+        .unwrap();
+        Change::Upsert(Box::new(Record {
+            id: id.into(),
+            lookup: lookup.map(str::to_owned),
+            view,
+        }))
+    }
+
+    #[test]
+    fn stream_changes_round_trip() {
+        let lookup = "ab".repeat(32);
+        for change in [
+            record("4242-0", Some(&lookup)),
+            record("1-18446744073709551615", None),
+            Change::Remove("4242-7".into()),
+        ] {
+            let (tag, body) = encode_change(&change).unwrap();
+            assert_eq!(decode_change(tag, &body).unwrap(), change);
+        }
+    }
+
+    #[test]
+    fn malformed_stream_messages_are_errors() {
+        let lookup = "ab".repeat(32);
+        let bad = [
+            (STREAM_END, b"".to_vec()),
+            (STREAM_END, b"4242".to_vec()),
+            (STREAM_END, b"-1".to_vec()),
+            (STREAM_END, b"1-x".to_vec()),
+            (STREAM_END, vec![0xff, b'-', b'1']),
+            (STREAM_END, b"1-123456789012345678901".to_vec()),
+            (STREAM, b"".to_vec()),
+            (STREAM, b"{".to_vec()),
+            (STREAM, b"{\"id\": \"1-1\"}".to_vec()),
+            (STREAM, encode_change(&record("x-1", None)).unwrap().1),
+            (STREAM, encode_change(&record("1-1", Some("ab"))).unwrap().1),
+            (
+                STREAM,
+                encode_change(&record("1-1", Some(&lookup.replace('a', "g"))))
+                    .unwrap()
+                    .1,
+            ),
+        ];
+        for (tag, body) in bad {
+            assert!(
+                decode_change(tag, &body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_records_are_not_sent() {
+        let Change::Upsert(mut r) = record("1-1", None) else {
+            unreachable!()
+        };
+        r.view.client = "x".repeat(MAX_MESSAGE);
+        assert!(matches!(
+            encode_change(&Change::Upsert(r)),
+            Err(RecordError::TooLarge(_))
+        ));
+    }
 }
