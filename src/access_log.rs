@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime};
 use log::{info, warn};
 use serde::Serialize;
 
+use crate::proxy::Reason;
+
 /// How many rejections `/status` lists.
 const RECENT: usize = 20;
 
@@ -37,10 +39,8 @@ pub struct Record {
     pub bytes_down: u64,
     pub duration_ms: u64,
     pub queue_wait_ms: u64,
-    /// Why it ended (`client_closed`, `backend_closed`, `idle_timeout`,
-    /// `queue_timeout`, `queue_full`, `connect_failed`, `shutdown_cut`, ...);
-    /// `null` on progress lines.
-    pub reason: Option<&'static str>,
+    /// Why it ended; `null` on progress lines.
+    pub reason: Option<Reason>,
     /// Free text for people: the error behind a rejection or a failed
     /// side, or why an RTMP stream could not be identified.
     pub detail: Option<String>,
@@ -163,7 +163,7 @@ mod tests {
         log.write(Record {
             event: "rejected",
             client: "127.0.0.1:1".into(),
-            reason: Some("queue_full"),
+            reason: Some(Reason::QueueFull),
             ..Default::default()
         });
         let text = std::fs::read_to_string(&path).unwrap();
@@ -178,9 +178,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let log = AccessLog::open(path.to_str().unwrap(), Duration::from_secs(60)).unwrap();
-        let line = |reason| Record {
+        let line = |detail: &str| Record {
             event: "end",
-            reason: Some(reason),
+            detail: Some(detail.into()),
             ..Default::default()
         };
         log.write(line("first"));

@@ -28,17 +28,18 @@ use crate::access_log::AccessLog;
 use crate::balancer::redis::SharedSlots;
 use crate::balancer::{policy, Limits, SlotTable};
 use crate::config::{self, ProxyConfig, SlotStore};
+use crate::core::{Core, Settings};
 use crate::discovery::cloud_map::CloudMapDiscovery;
 use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
 use crate::http::server::{self as http_server, HttpListener};
-use crate::http::{Admin, AdminState, Health};
+use crate::http::{Admin, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::memory;
 use crate::metrics;
 use crate::protection::Protection;
-use crate::proxy::{listener::Listener, rtmp::Rtmp, Forwarded, Proxy, Settings};
+use crate::proxy::{listener::Listener, Forwarded};
 use crate::streams::Directory;
 
 /// Command line: Pingora's own flags (`-c`, `-u`, `-d`, `-t`) and ours.
@@ -156,20 +157,18 @@ pub fn run(cli: Cli) -> Result<(), String> {
     )?);
     let reopened = access_log.clone();
     lifecycle.on_hangup(move || reopened.reopen());
-    compose(
-        &mut server,
-        &proxy,
-        Parts {
-            table,
-            lifecycle: lifecycle.clone(),
-            handoff: handoff.clone(),
-            streams,
-            forwarded: forward_rx,
-            shared,
-            access_log,
-            protection,
-        },
-    );
+    let core = Arc::new(Core {
+        table,
+        settings: Settings::from(&proxy),
+        lifecycle: lifecycle.clone(),
+        handoff: handoff.clone(),
+        shared,
+        access_log,
+        streams,
+        protection,
+        started: std::time::Instant::now(),
+    });
+    compose(&mut server, &proxy, core, forward_rx);
     info!(
         "rtmp-proxy {} listening on {} (health {}, admin {})",
         env!("CARGO_PKG_VERSION"),
@@ -207,30 +206,14 @@ fn probe_listen(key: &str, addr: &str) -> Result<(), String> {
         .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
 }
 
-/// The shared state the services are built from.
-struct Parts {
-    table: Arc<SlotTable>,
-    lifecycle: Arc<Lifecycle>,
-    handoff: Arc<Handoff>,
-    streams: Arc<Directory>,
-    forwarded: UnboundedReceiver<ForwardedClient>,
-    shared: Option<Arc<SharedSlots>>,
-    access_log: Arc<AccessLog>,
-    protection: Option<Arc<Protection>>,
-}
-
 /// Adds every service to the server.
-fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
-    let Parts {
-        table,
-        lifecycle,
-        handoff,
-        streams,
-        forwarded,
-        shared,
-        access_log,
-        protection,
-    } = parts;
+fn compose(
+    server: &mut Server,
+    proxy: &ProxyConfig,
+    core: Arc<Core>,
+    forwarded: UnboundedReceiver<ForwardedClient>,
+) {
+    let table = &core.table;
     let mut sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)> = vec![(
         "static",
         Box::new(StaticDiscovery::new(&proxy.backends.static_)),
@@ -255,22 +238,13 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
     lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh);
     let backends = server.add_service(background_service("backends", lb));
 
-    let core = Proxy::new(
-        table.clone(),
-        Settings::from(proxy),
-        lifecycle.clone(),
-        handoff,
-        shared.clone(),
-        Rtmp::new(proxy, streams.clone()),
-        access_log.clone(),
-    );
     let threads = server.configuration.threads;
     let rtmp = Listener::new(core.clone(), &proxy.listen, threads);
     server.add_service(rtmp).add_dependency(&backends);
     server
         .add_service(background_service(
             "forwarded",
-            Forwarded::new(core, forwarded),
+            Forwarded::new(core.clone(), forwarded),
         ))
         .add_dependency(&backends);
 
@@ -280,25 +254,18 @@ fn compose(server: &mut Server, proxy: &ProxyConfig, parts: Parts) {
     let health = HttpListener::new(
         "proxy.health_listen",
         &proxy.health_listen,
-        Arc::new(Health::new(table.clone(), lifecycle.clone())),
+        Arc::new(Health::new(core.clone())),
         http_server::health_cap(nofile),
-        lifecycle.clone(),
+        core.lifecycle.clone(),
     );
     server.add_service(health).add_dependency(&backends);
 
     let admin = HttpListener::new(
         "proxy.admin_listen",
         &proxy.admin_listen,
-        Arc::new(Admin::new(AdminState {
-            table,
-            streams,
-            shared,
-            lifecycle: lifecycle.clone(),
-            access_log,
-            protection,
-        })),
+        Arc::new(Admin::new(core.clone())),
         http_server::admin_cap(nofile),
-        lifecycle,
+        core.lifecycle.clone(),
     );
     server.add_service(admin);
 }

@@ -24,9 +24,9 @@ use pingora_load_balancing::Backend;
 
 use crate::balancer::SlotTable;
 use crate::config::{CheckKind, SendProxy};
+use crate::proxy::backend::{self, ConnectError};
 use crate::proxy::listener::Episode;
 use crate::proxy::rtmp::Opening;
-use crate::proxy::{connect, local_shortage};
 use crate::rtmp::RTMP_VERSION;
 
 pub struct ReportingCheck {
@@ -35,13 +35,6 @@ pub struct ReportingCheck {
     /// `kind: rtmp`: what goes to the backend, and the wait for its answer.
     opening: Option<Opening<'static>>,
     local: Mutex<Episode>,
-}
-
-/// Why one check failed.
-enum Failure {
-    /// This machine lacks something: no verdict on the backend.
-    Local(std::io::Error),
-    Backend(String),
 }
 
 impl ReportingCheck {
@@ -63,20 +56,17 @@ impl ReportingCheck {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn probe(&self, addr: SocketAddr) -> std::result::Result<(), Failure> {
-        let mut stream = match connect(addr, self.timeout).await {
-            Ok(stream) => stream,
-            Err(e) if local_shortage(&e) => return Err(Failure::Local(e)),
-            Err(e) => return Err(Failure::Backend(format!("connect failed: {e}"))),
-        };
+    /// A [`ConnectError::LocalShortage`] is no verdict on the backend.
+    async fn probe(&self, addr: SocketAddr) -> std::result::Result<(), ConnectError> {
+        let mut stream = backend::open(addr, self.timeout).await?;
         let Some(opening) = &self.opening else {
             return Ok(());
         };
-        let first = opening.send(&mut stream).await.map_err(Failure::Backend)?;
+        let first = opening.send(&mut stream).await?;
         match first.first() {
             Some(&RTMP_VERSION) => Ok(()),
-            other => Err(Failure::Backend(format!(
-                "answered the RTMP handshake with {other:?}, not version {RTMP_VERSION}"
+            other => Err(ConnectError::NotRtmp(format!(
+                "{other:?}, not version {RTMP_VERSION}"
             ))),
         }
     }
@@ -94,17 +84,17 @@ impl HealthCheck for ReportingCheck {
                 self.table.set_health(addr, true, "check passed");
                 Ok(())
             }
-            Err(Failure::Backend(why)) => {
-                self.local_episode().over();
-                let why = format!("health check failed: {why}");
-                self.table.set_health(addr, false, &why);
-                Err(Error::explain(ErrorType::ConnectError, why))
-            }
-            Err(Failure::Local(e)) => {
+            Err(ConnectError::LocalShortage(e)) => {
                 self.local_episode().hit(format_args!(
                     "{e} (on this machine; backends keep their state)"
                 ));
                 Ok(())
+            }
+            Err(e) => {
+                self.local_episode().over();
+                let why = format!("health check failed: {e}");
+                self.table.set_health(addr, false, &why);
+                Err(Error::explain(ErrorType::ConnectError, why))
             }
         }
     }

@@ -10,6 +10,9 @@
 //!   of its services. `main.rs` only calls it.
 //! - [`config`]: the `proxy:` section of the YAML file; every key, its
 //!   default and its meaning.
+//! - [`core`]: the state every service borrows, built once: slot table,
+//!   data-path settings, lifecycle, handoff, Redis slots, access log,
+//!   stream directory.
 //! - [`discovery`]: where backends come from (static list; Cloud Map),
 //!   behind Pingora's `ServiceDiscovery`, combined into one fleet.
 //! - [`health_check`]: active TCP checks, reported to the slot table.
@@ -18,11 +21,13 @@
 //!   ([`balancer::redis`]).
 //! - [`lifecycle`]: signals, drains that never cut a live stream, and the
 //!   slot handoff of a binary upgrade ([`lifecycle::handoff`]).
-//! - [`proxy`]: one client connection from accept to close: slot, connect,
-//!   copy ([`proxy::duplex`]), release; [`proxy::listener`] accepts, one
-//!   socket and runtime per thread; [`proxy::rtmp`] adds the RTMP
-//!   handshake gate, the backend's first-answer check, PROXY headers and
-//!   the passive stream observer.
+//! - [`proxy`]: one client connection from accept to close, as phases in
+//!   one file: gate, admit, connect, splice, finish; [`proxy::reason`]
+//!   names every way a connection ends; [`proxy::backend`] opens backend
+//!   connections and says how they failed; [`proxy::duplex`] copies;
+//!   [`proxy::listener`] accepts, one socket and runtime per thread;
+//!   [`proxy::rtmp`] holds the RTMP handshake gate, the backend's
+//!   first-answer check, PROXY headers and the passive stream observer.
 //! - [`streams`]: the stream directory (which stream runs on which
 //!   backend) behind `GET /streams`, fleet-wide with Redis.
 //! - [`access_log`]: one JSON line per connection, progress lines, recent
@@ -43,6 +48,7 @@ pub mod access_log;
 pub mod app;
 pub mod balancer;
 pub mod config;
+pub mod core;
 pub mod discovery;
 pub mod health_check;
 pub mod http;

@@ -118,17 +118,6 @@ pub enum Rejection {
     HandedOff,
 }
 
-impl Rejection {
-    /// The reason as logged and counted.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::QueueFull => "queue_full",
-            Rejection::QueueTimeout => "queue_timeout",
-            Rejection::HandedOff => "handed_off",
-        }
-    }
-}
-
 /// Limits that do not belong to one backend.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -8,29 +8,25 @@
 pub mod server;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
 use serde::Serialize;
 
-use crate::access_log::{AccessLog, Record};
-use crate::balancer::redis::SharedSlots;
-use crate::balancer::{BackendView, SlotTable};
-use crate::lifecycle::{Lifecycle, Phase};
+use crate::access_log::Record;
+use crate::balancer::BackendView;
+use crate::core::Core;
+use crate::lifecycle::Phase;
 use crate::metrics;
-use crate::protection::Protection;
-use crate::streams::Directory;
 
 /// `GET /health` on `proxy.health_listen`.
 pub struct Health {
-    table: Arc<SlotTable>,
-    lifecycle: Arc<Lifecycle>,
+    core: Arc<Core>,
 }
 
 impl Health {
-    pub fn new(table: Arc<SlotTable>, lifecycle: Arc<Lifecycle>) -> Self {
-        Self { table, lifecycle }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 }
 
@@ -46,9 +42,9 @@ impl server::Handler for Health {
         // The process exits if the proxy listener cannot be bound (see
         // main), so while this answers, the proxy port is open, unless the
         // process is draining.
-        if self.lifecycle.phase() == Phase::Draining {
+        if self.core.lifecycle.phase() == Phase::Draining {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        } else if self.table.any_healthy() {
+        } else if self.core.table.any_healthy() {
             text(StatusCode::OK, "ok\n")
         } else {
             text(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
@@ -59,24 +55,7 @@ impl server::Handler for Health {
 /// The admin API on `proxy.admin_listen`: the stats page (`/`), JSON
 /// endpoints it reads (`/status`, `/backends`, `/streams`) and `/metrics`.
 pub struct Admin {
-    table: Arc<SlotTable>,
-    shared: Option<Arc<SharedSlots>>,
-    streams: Arc<Directory>,
-    lifecycle: Arc<Lifecycle>,
-    access_log: Arc<AccessLog>,
-    protection: Option<Arc<Protection>>,
-    started: Instant,
-}
-
-/// What the admin API reads.
-pub struct AdminState {
-    pub table: Arc<SlotTable>,
-    pub streams: Arc<Directory>,
-    pub shared: Option<Arc<SharedSlots>>,
-    pub lifecycle: Arc<Lifecycle>,
-    pub access_log: Arc<AccessLog>,
-    /// ECS scale-in protection, when enabled: shown per backend.
-    pub protection: Option<Arc<Protection>>,
+    core: Arc<Core>,
 }
 
 /// The stats page: one self-contained file (no external assets), which
@@ -102,16 +81,8 @@ struct Status {
 }
 
 impl Admin {
-    pub fn new(state: AdminState) -> Self {
-        Self {
-            table: state.table,
-            shared: state.shared,
-            streams: state.streams,
-            lifecycle: state.lifecycle,
-            access_log: state.access_log,
-            protection: state.protection,
-            started: Instant::now(),
-        }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 
     fn status(&self) -> Status {
@@ -119,24 +90,24 @@ impl Admin {
         let rejected = metrics::sum(&m.rejected);
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            phase: match self.lifecycle.phase() {
+            phase: match self.core.lifecycle.phase() {
                 Phase::Serving => "serving",
                 Phase::Draining => "draining",
                 Phase::HandedOff => "handed_off",
             },
-            uptime_seconds: self.started.elapsed().as_secs(),
-            sessions: self.lifecycle.sessions(),
-            queued: self.table.queued(),
+            uptime_seconds: self.core.started.elapsed().as_secs(),
+            sessions: self.core.lifecycle.sessions(),
+            queued: self.core.table.queued(),
             slot_store: self.slot_store(),
             accepted_total: m.accepted.get(),
             served_total: m.served.get(),
             rejected_total: rejected,
-            recent_rejections: self.access_log.recent_rejections(),
+            recent_rejections: self.core.access_log.recent_rejections(),
         }
     }
 
     fn slot_store(&self) -> &'static str {
-        match &self.shared {
+        match &self.core.shared {
             None => "local",
             Some(s) if s.degraded() => "redis (degraded)",
             Some(_) => "redis",
@@ -160,11 +131,11 @@ impl Admin {
             return text(StatusCode::NOT_FOUND, "no such stream\n");
         };
         // Never echo the key back: the answer carries it redacted.
-        if let Some(view) = self.streams.find(&app, &key) {
+        if let Some(view) = self.core.streams.find(&app, &key) {
             return json(&view);
         }
         // Published through another proxy (Redis slot store)?
-        match self.streams.find_in_fleet(&app, &key).await {
+        match self.core.streams.find_in_fleet(&app, &key).await {
             Some(view) => json(&view),
             None => text(StatusCode::NOT_FOUND, "no such stream\n"),
         }
@@ -196,14 +167,16 @@ impl server::Handler for Admin {
         }
         match path {
             "/backends" => {
-                let queued = self.table.queued();
+                let queued = self.core.table.queued();
                 let slot_store = self.slot_store();
                 let entries: Vec<BackendEntry> = self
+                    .core
                     .table
                     .snapshot()
                     .into_iter()
                     .map(|backend| {
                         let until = self
+                            .core
                             .protection
                             .as_ref()
                             .zip(backend.task.as_ref())
@@ -226,11 +199,16 @@ impl server::Handler for Admin {
                 STATS_PAGE.as_bytes().to_vec(),
             ),
             "/status" => json(&self.status()),
-            "/streams" => json(&self.streams.list(self.lifecycle.phase() != Phase::Serving)),
+            "/streams" => json(
+                &self
+                    .core
+                    .streams
+                    .list(self.core.lifecycle.phase() != Phase::Serving),
+            ),
             "/metrics" => body(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&self.table),
+                metrics::render(&self.core.table),
             ),
             path => match path.strip_prefix("/streams/") {
                 Some(rest) => self.stream(rest).await,

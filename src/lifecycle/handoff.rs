@@ -48,6 +48,7 @@ use tokio::net::TcpStream;
 use super::{Lifecycle, SessionGuard};
 use crate::balancer::{SlotEvent, SlotTable};
 use crate::metrics;
+use crate::proxy::Reason;
 use crate::streams::{Change, Directory, Record};
 
 const TAKE: u8 = b'T';
@@ -370,17 +371,17 @@ impl Handoff {
     }
 
     /// Old process, after handing off: passes a client to the new process.
-    /// Gives the client back when that is not possible.
+    /// Gives the client and its session back when there is none.
     pub fn forward(
         &self,
         client: TcpStream,
         peer: &str,
         pending: Vec<u8>,
         session: SessionGuard,
-    ) -> Result<(), TcpStream> {
+    ) -> Result<(), (TcpStream, SessionGuard)> {
         let successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = successor.as_ref() else {
-            return Err(client);
+            return Err((client, session));
         };
         // If the socket cannot leave the runtime, the client is closed
         // here, as if the old process had stopped accepting.
@@ -407,7 +408,7 @@ impl Handoff {
 fn not_passed(peer: &str, e: &dyn std::fmt::Display) {
     metrics::get()
         .rejected
-        .with_label_values(&["handed_off"])
+        .with_label_values(&[Reason::HandedOff.label()])
         .inc();
     warn!("{peer}: closed: could not pass it to the new process: {e}");
 }

@@ -24,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::reason::Reason;
+
 /// Most bytes one read takes (HAProxy's buffers hold 16 KiB). On loopback
 /// a single bulk stream measured 20 Gbit/s with 32 KiB, 13 with 16 KiB and
 /// 12 with 64 KiB; paced RTMP reads are far smaller anyway.
@@ -52,16 +54,15 @@ pub enum End {
 }
 
 impl End {
-    /// The reason as logged and counted.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            End::Closed(Side::Client) => "client_closed",
-            End::Closed(Side::Backend) => "backend_closed",
-            End::Failed(Side::Client, _) => "client_error",
-            End::Failed(Side::Backend, _) => "backend_error",
-            End::Idle => "idle_timeout",
-            End::BackendStalled => "backend_stalled",
-            End::ShutdownCut => "shutdown_cut",
+            End::Closed(Side::Client) => Reason::ClientClosed,
+            End::Closed(Side::Backend) => Reason::BackendClosed,
+            End::Failed(Side::Client, _) => Reason::ClientError,
+            End::Failed(Side::Backend, _) => Reason::BackendError,
+            End::Idle => Reason::IdleTimeout,
+            End::BackendStalled => Reason::BackendStalled,
+            End::ShutdownCut => Reason::ShutdownCut,
         }
     }
 }

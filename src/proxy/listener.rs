@@ -28,7 +28,7 @@ use pingora_core::services::Service;
 use socket2::SockRef;
 use tokio::net::TcpListener;
 
-use super::Proxy;
+use crate::core::Core;
 use crate::runtime;
 
 /// Pingora's listen backlog, kept.
@@ -40,15 +40,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The `proxy.listen` service.
 pub struct Listener {
-    proxy: Arc<Proxy>,
+    core: Arc<Core>,
     addr: String,
     threads: usize,
 }
 
 impl Listener {
-    pub fn new(proxy: Arc<Proxy>, addr: &str, threads: usize) -> Self {
+    pub fn new(core: Arc<Core>, addr: &str, threads: usize) -> Self {
         Self {
-            proxy,
+            core,
             addr: addr.to_string(),
             threads: threads.max(1),
         }
@@ -150,7 +150,7 @@ impl AcceptErrors {
     /// want of a resource. The client is still queued in the backlog:
     /// nothing is lost.
     pub(crate) async fn failed(&mut self, e: &std::io::Error) {
-        if super::local_shortage(e) {
+        if super::backend::local_shortage(e) {
             self.0.hit(e);
             tokio::time::sleep(ACCEPT_BACKOFF).await;
         } else {
@@ -182,7 +182,7 @@ fn fatal(why: impl std::fmt::Display) -> ! {
 /// without a system call each (RTMP control messages and acknowledgements
 /// are small and must not wait).
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = super::tcp_socket(addr)?;
+    let socket = super::backend::tcp_socket(addr)?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -215,7 +215,7 @@ impl Service for Listener {
             // until they end or the process exits (`lifecycle`'s drain).
             let runtime = runtime::dedicated(&format!("proxy-{n}")).unwrap_or_else(|e| fatal(e));
             for socket in sockets {
-                runtime.spawn(accept_loop(socket, self.proxy.clone(), shutdown.clone()));
+                runtime.spawn(accept_loop(socket, self.core.clone(), shutdown.clone()));
             }
         }
     }
@@ -230,11 +230,7 @@ impl Service for Listener {
     }
 }
 
-async fn accept_loop(
-    socket: std::net::TcpListener,
-    proxy: Arc<Proxy>,
-    mut shutdown: ShutdownWatch,
-) {
+async fn accept_loop(socket: std::net::TcpListener, core: Arc<Core>, mut shutdown: ShutdownWatch) {
     // Non-blocking already: made so (`bind`) or set when taken over.
     let listener = TcpListener::from_std(socket)
         .unwrap_or_else(|e| fatal(format!("cannot use a listening socket: {e}")));
@@ -259,10 +255,10 @@ async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 errors.accepted();
-                let proxy = proxy.clone();
-                tokio::spawn(
-                    async move { proxy.serve(client, &peer.to_string(), Vec::new()).await },
-                );
+                let core = core.clone();
+                tokio::spawn(async move {
+                    super::serve(&core, client, peer.to_string(), Vec::new()).await
+                });
             }
             Err(e) => errors.failed(&e).await,
         }

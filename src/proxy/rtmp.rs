@@ -1,7 +1,7 @@
 //! RTMP awareness on the data path, around the plain TCP proxy of
 //! [`super`]:
 //!
-//! 1. [`Rtmp::gate`]: before a client may take a backend slot it must send
+//! 1. [`gate`]: before a client may take a backend slot it must send
 //!    a valid C0+C1 (version 3, 1537 bytes) within `handshake_timeout`, so
 //!    port scanners, TCP probes and slowloris clients never occupy a media
 //!    server.
@@ -11,7 +11,7 @@
 //!    backend that accepts TCP but closes or resets before answering (full,
 //!    broken, shutting down) fails the attempt like a refused connect, and
 //!    the same bytes go to the next backend: the publisher never notices.
-//! 3. [`Rtmp::track`]: the connection enters the stream directory
+//! 3. [`track`]: the connection enters the stream directory
 //!    ([`crate::streams`]) and a copy of the client's bytes after C0+C1 goes
 //!    to a passive [`Observer`] until it finds the `publish`/`play` or gives
 //!    up. Forwarding never waits for it: the copy loop hands it each read.
@@ -27,8 +27,11 @@ use log::{info, warn};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::backend::ConnectError;
 use super::duplex::Flow;
-use crate::config::{Protocol, ProxyConfig, SendProxy};
+use super::reason::Reason;
+use crate::config::{Protocol, SendProxy};
+use crate::core::Settings;
 use crate::metrics;
 use crate::rtmp::{self, Observer, Progress, C0C1_LEN};
 use crate::streams::{display_app, Directory, Handle, Registration};
@@ -36,16 +39,6 @@ use crate::streams::{display_app, Directory, Handle, Registration};
 /// Most bytes read from a backend while waiting for its first answer:
 /// nginx-rtmp sends S0+S1+S2 (3073 bytes) at once.
 const FIRST_READ: usize = 8 * 1024;
-
-/// The RTMP side of the proxy: settings and the stream directory.
-pub struct Rtmp {
-    protocol: Protocol,
-    handshake_timeout: Duration,
-    /// How long a backend may take to answer C0+C1.
-    reply_timeout: Duration,
-    send_proxy: SendProxy,
-    streams: Arc<Directory>,
-}
 
 /// Why a client was closed at the gate.
 #[derive(Debug)]
@@ -59,12 +52,11 @@ pub enum GateError {
 }
 
 impl GateError {
-    /// The reason as logged and counted (bounded).
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            GateError::Timeout { .. } => "handshake_timeout",
-            GateError::BadVersion(_) => "handshake_bad_version",
-            GateError::Incomplete { .. } => "handshake_incomplete",
+            GateError::Timeout { .. } => Reason::HandshakeTimeout,
+            GateError::BadVersion(_) => Reason::HandshakeBadVersion,
+            GateError::Incomplete { .. } => Reason::HandshakeIncomplete,
         }
     }
 }
@@ -91,122 +83,113 @@ impl fmt::Display for GateError {
     }
 }
 
-impl Rtmp {
-    pub fn new(config: &ProxyConfig, streams: Arc<Directory>) -> Self {
-        Self {
-            protocol: config.protocol,
-            handshake_timeout: config.handshake_timeout,
-            reply_timeout: config.connect_timeout,
-            send_proxy: config.send_proxy,
-            streams,
-        }
+/// `rtmp` mode: reads until `pending` (bytes already read from the
+/// client, e.g. by a previous process) holds C0+C1, and checks it.
+/// Reads never go past C0+C1: the client sends nothing more before the
+/// backend's S0+S1 anyway.
+pub async fn gate<S: AsyncRead + Unpin>(
+    settings: &Settings,
+    client: &mut S,
+    pending: &mut Vec<u8>,
+) -> Result<(), GateError> {
+    if settings.protocol != Protocol::Rtmp {
+        return Ok(());
     }
-
-    /// `rtmp` mode: reads until `pending` (bytes already read from the
-    /// client, e.g. by a previous process) holds C0+C1, and checks it.
-    /// Reads never go past C0+C1: the client sends nothing more before the
-    /// backend's S0+S1 anyway.
-    pub async fn gate<S: AsyncRead + Unpin>(
-        &self,
-        client: &mut S,
-        pending: &mut Vec<u8>,
-    ) -> Result<(), GateError> {
-        if self.protocol != Protocol::Rtmp {
-            return Ok(());
-        }
-        let read = async {
-            loop {
-                // The version byte says "not RTMP" before the rest arrives.
-                if let Some(&v) = pending.first() {
-                    if v != rtmp::RTMP_VERSION {
-                        return Err(GateError::BadVersion(v));
-                    }
-                }
-                let need = C0C1_LEN.saturating_sub(pending.len());
-                if need == 0 {
-                    return Ok(());
-                }
-                // Straight into `pending`: no buffer kept in the task.
-                pending.reserve(need);
-                match (&mut *client).take(need as u64).read_buf(pending).await {
-                    Ok(0) => {
-                        return Err(GateError::Incomplete {
-                            got: pending.len(),
-                            error: None,
-                        })
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(GateError::Incomplete {
-                            got: pending.len(),
-                            error: Some(e.to_string()),
-                        })
-                    }
+    let read = async {
+        loop {
+            // The version byte says "not RTMP" before the rest arrives.
+            if let Some(&v) = pending.first() {
+                if v != rtmp::RTMP_VERSION {
+                    return Err(GateError::BadVersion(v));
                 }
             }
-        };
-        let outcome = tokio::time::timeout(self.handshake_timeout, read).await;
-        match outcome {
-            Ok(result) => result,
-            Err(_) => Err(GateError::Timeout {
-                got: pending.len(),
-                limit: self.handshake_timeout,
-            }),
-        }
-    }
-
-    /// What every backend connection attempt for this client starts with.
-    /// `addrs` gives the client's addresses (see [`addresses`]), asked
-    /// only for a PROXY header.
-    pub fn opening<'a>(
-        &self,
-        addrs: impl FnOnce() -> Option<(SocketAddr, SocketAddr)>,
-        client_addr: &str,
-        pending: &'a [u8],
-    ) -> Opening<'a> {
-        let header = match self.send_proxy {
-            SendProxy::Off => None,
-            version => {
-                let addrs = addrs();
-                if addrs.is_none() {
-                    warn!("{client_addr}: client addresses unknown; sending a PROXY header without them");
-                }
-                Some(proxy_header(version, addrs))
+            let need = C0C1_LEN.saturating_sub(pending.len());
+            if need == 0 {
+                return Ok(());
             }
-        };
-        Opening {
-            header,
-            bytes: pending,
-            reply_timeout: (self.protocol == Protocol::Rtmp).then_some(self.reply_timeout),
+            // Straight into `pending`: no buffer kept in the task.
+            pending.reserve(need);
+            match (&mut *client).take(need as u64).read_buf(pending).await {
+                Ok(0) => {
+                    return Err(GateError::Incomplete {
+                        got: pending.len(),
+                        error: None,
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(GateError::Incomplete {
+                        got: pending.len(),
+                        error: Some(e.to_string()),
+                    })
+                }
+            }
         }
+    };
+    let outcome = tokio::time::timeout(settings.handshake_timeout, read).await;
+    match outcome {
+        Ok(result) => result,
+        Err(_) => Err(GateError::Timeout {
+            got: pending.len(),
+            limit: settings.handshake_timeout,
+        }),
     }
+}
 
-    /// `rtmp` mode: enters the connection in the stream directory and has
-    /// `flow` hand a copy of the client's bytes to an observer. `pending`
-    /// holds every client byte sent to the backend before the copy loop.
-    pub fn track(
-        &self,
-        flow: &Arc<Flow>,
-        client_addr: &str,
-        backend: SocketAddr,
-        pending: &[u8],
-    ) -> Option<Registration> {
-        if self.protocol != Protocol::Rtmp {
-            return None;
+/// What every backend connection attempt for this client starts with.
+/// `addrs` gives the client's addresses (see [`addresses`]), asked
+/// only for a PROXY header.
+pub fn opening<'a>(
+    settings: &Settings,
+    addrs: impl FnOnce() -> Option<(SocketAddr, SocketAddr)>,
+    client_addr: &str,
+    pending: &'a [u8],
+) -> Opening<'a> {
+    let header = match settings.send_proxy {
+        SendProxy::Off => None,
+        version => {
+            let addrs = addrs();
+            if addrs.is_none() {
+                warn!(
+                    "{client_addr}: client addresses unknown; sending a PROXY header without them"
+                );
+            }
+            Some(proxy_header(version, addrs))
         }
-        let registration = self.streams.add(client_addr, backend, flow.clone());
-        let mut tap = Tap {
-            observer: Observer::new(),
-            entry: registration.handle(),
-            client: client_addr.to_owned(),
-            backend,
-        };
-        // Bytes past C0+C1 read before the copy: a forwarded client's.
-        if tap.feed(pending.get(C0C1_LEN..).unwrap_or_default()) {
-            flow.tap_client(Box::new(move |bytes| tap.feed(bytes)));
-        }
-        Some(registration)
+    };
+    Opening {
+        header,
+        bytes: pending,
+        reply_timeout: (settings.protocol == Protocol::Rtmp).then_some(settings.connect_timeout),
     }
+}
+
+/// `rtmp` mode: enters the connection in the stream directory and has
+/// `flow` hand a copy of the client's bytes to an observer. `pending`
+/// holds every client byte sent to the backend before the copy loop.
+pub fn track(
+    settings: &Settings,
+    streams: &Arc<Directory>,
+    flow: &Arc<Flow>,
+    client_addr: &str,
+    backend: SocketAddr,
+    pending: &[u8],
+) -> Option<Registration> {
+    if settings.protocol != Protocol::Rtmp {
+        return None;
+    }
+    let registration = streams.add(client_addr, backend, flow.clone());
+    let mut tap = Tap {
+        observer: Observer::new(),
+        entry: registration.handle(),
+        client: client_addr.to_owned(),
+        backend,
+    };
+    // Bytes past C0+C1 read before the copy: a forwarded client's.
+    if tap.feed(pending.get(C0C1_LEN..).unwrap_or_default()) {
+        flow.tap_client(Box::new(move |bytes| tap.feed(bytes)));
+    }
+    Some(registration)
 }
 
 /// Watches one client's bytes after C0+C1 and reports to the directory.
@@ -292,7 +275,7 @@ impl Opening<'_> {
     /// connection, then (`rtmp` mode) waits for the backend's first bytes
     /// and returns them. An error means the attempt failed and the backend
     /// should be treated like one that refused the connect.
-    pub async fn send<S>(&self, backend: &mut S) -> Result<Vec<u8>, String>
+    pub async fn send<S>(&self, backend: &mut S) -> Result<Vec<u8>, ConnectError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -309,20 +292,20 @@ impl Opening<'_> {
             backend
                 .write_all(bytes)
                 .await
-                .map_err(|e| format!("failed before answering: {e}"))?;
+                .map_err(ConnectError::SendFailed)?;
         }
         let Some(limit) = self.reply_timeout else {
             return Ok(Vec::new());
         };
         let mut first = vec![0u8; FIRST_READ];
         match tokio::time::timeout(limit, backend.read(&mut first)).await {
-            Ok(Ok(0)) => Err("closed before answering the RTMP handshake".into()),
+            Ok(Ok(0)) => Err(ConnectError::Closed),
             Ok(Ok(n)) => {
                 first.truncate(n);
                 Ok(first)
             }
-            Ok(Err(e)) => Err(format!("failed before answering the RTMP handshake: {e}")),
-            Err(_) => Err(format!("no answer to the RTMP handshake within {limit:?}")),
+            Ok(Err(e)) => Err(ConnectError::AnswerFailed(e)),
+            Err(_) => Err(ConnectError::NoAnswer(limit)),
         }
     }
 }
@@ -386,9 +369,9 @@ mod tests {
     use super::*;
     use tokio::io::DuplexStream;
 
-    fn rtmp_mode(yaml: &str) -> Rtmp {
+    fn rtmp_mode(yaml: &str) -> Settings {
         let config = crate::config::parse(&format!("proxy:\n{yaml}")).unwrap();
-        Rtmp::new(&config, Directory::new())
+        Settings::from(&config)
     }
 
     /// A proxy-side stream and the peer's end of it.
@@ -412,10 +395,10 @@ mod tests {
             peer.write_all(piece).await.unwrap();
         }
         let mut pending = Vec::new();
-        r.gate(&mut client, &mut pending).await.unwrap();
+        gate(&r, &mut client, &mut pending).await.unwrap();
         assert_eq!(pending, c0c1());
         // Already read (a forwarded client): nothing more is needed.
-        r.gate(&mut client, &mut pending).await.unwrap();
+        gate(&r, &mut client, &mut pending).await.unwrap();
         assert_eq!(pending.len(), C0C1_LEN);
     }
 
@@ -424,8 +407,8 @@ mod tests {
         let r = rtmp_mode("");
         let (mut client, mut peer) = pipe();
         peer.write_all(&[9]).await.unwrap();
-        let e = r.gate(&mut client, &mut Vec::new()).await.unwrap_err();
-        assert_eq!(e.reason(), "handshake_bad_version");
+        let e = gate(&r, &mut client, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::HandshakeBadVersion);
         assert_eq!(
             e.to_string(),
             "unsupported RTMP version byte 9 (expected 3)"
@@ -438,8 +421,8 @@ mod tests {
         let (mut client, mut peer) = pipe();
         peer.write_all(&c0c1()[..100]).await.unwrap();
         drop(peer);
-        let e = r.gate(&mut client, &mut Vec::new()).await.unwrap_err();
-        assert_eq!(e.reason(), "handshake_incomplete");
+        let e = gate(&r, &mut client, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::HandshakeIncomplete);
         assert_eq!(
             e.to_string(),
             "client closed after 100 of 1537 handshake bytes"
@@ -450,8 +433,8 @@ mod tests {
     async fn gate_times_out_a_silent_client() {
         let r = rtmp_mode("  handshake_timeout: 2s\n");
         let (mut client, _peer) = pipe();
-        let e = r.gate(&mut client, &mut Vec::new()).await.unwrap_err();
-        assert_eq!(e.reason(), "handshake_timeout");
+        let e = gate(&r, &mut client, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(e.reason(), Reason::HandshakeTimeout);
         assert_eq!(
             e.to_string(),
             "no RTMP handshake within 2s (0 of 1537 bytes)"
@@ -463,7 +446,7 @@ mod tests {
         let r = rtmp_mode("  protocol: tcp\n");
         let (mut client, _peer) = pipe();
         let mut pending = Vec::new();
-        r.gate(&mut client, &mut pending).await.unwrap();
+        gate(&r, &mut client, &mut pending).await.unwrap();
         assert!(pending.is_empty());
     }
 
@@ -471,7 +454,7 @@ mod tests {
     async fn opening_sends_header_and_bytes_and_returns_the_first_answer() {
         let r = rtmp_mode("  send_proxy: v1\n");
         let bytes = c0c1();
-        let opening = r.opening(|| None, "c", &bytes);
+        let opening = opening(&r, || None, "c", &bytes);
         let (mut backend, mut server) = pipe();
         let serve = async {
             let mut got = vec![0u8; 15 + C0C1_LEN];
@@ -490,7 +473,7 @@ mod tests {
     async fn opening_fails_when_the_backend_closes_without_answering() {
         let r = rtmp_mode("");
         let bytes = c0c1();
-        let opening = r.opening(|| None, "c", &bytes);
+        let opening = opening(&r, || None, "c", &bytes);
         let (mut backend, mut server) = pipe();
         let serve = async {
             let mut got = vec![0u8; C0C1_LEN];
@@ -498,13 +481,10 @@ mod tests {
             drop(server);
         };
         let (first, ()) = tokio::join!(opening.send(&mut backend), serve);
-        assert_eq!(
-            first.unwrap_err(),
-            "closed before answering the RTMP handshake"
-        );
+        assert!(matches!(first, Err(ConnectError::Closed)), "{first:?}");
         // In tcp mode nothing is awaited.
         let r = rtmp_mode("  protocol: tcp\n");
-        let opening = r.opening(|| None, "c", &[]);
+        let opening = super::opening(&r, || None, "c", &[]);
         let (mut backend, _server) = pipe();
         assert!(opening.send(&mut backend).await.unwrap().is_empty());
     }

@@ -1,0 +1,60 @@
+//! The state every service shares, built once at start-up ([`crate::app`])
+//! and borrowed from then on: the proxy listener, the clients an upgrade
+//! forwards, and the HTTP listeners all hold one `Arc<Core>`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::access_log::AccessLog;
+use crate::balancer::redis::SharedSlots;
+use crate::balancer::SlotTable;
+use crate::config::{Protocol, ProxyConfig, SendProxy};
+use crate::lifecycle::handoff::Handoff;
+use crate::lifecycle::Lifecycle;
+use crate::protection::Protection;
+use crate::streams::Directory;
+
+pub struct Core {
+    /// Backends and their slots, the wait queue.
+    pub table: Arc<SlotTable>,
+    /// What the data path reads for every connection.
+    pub settings: Settings,
+    /// Signals, sessions and the drain.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The channel to the next process of a binary upgrade.
+    pub handoff: Arc<Handoff>,
+    /// Fleet-wide slots, when `proxy.slots.store` is `redis`.
+    pub shared: Option<Arc<SharedSlots>>,
+    pub access_log: Arc<AccessLog>,
+    /// Which stream runs where (`/streams`).
+    pub streams: Arc<Directory>,
+    /// ECS scale-in protection, when enabled.
+    pub protection: Option<Arc<Protection>>,
+    pub started: Instant,
+}
+
+/// The settings the data path reads for every connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub protocol: Protocol,
+    pub send_proxy: SendProxy,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub queue_timeout: Duration,
+}
+
+impl From<&ProxyConfig> for Settings {
+    fn from(c: &ProxyConfig) -> Self {
+        Self {
+            protocol: c.protocol,
+            send_proxy: c.send_proxy,
+            handshake_timeout: c.handshake_timeout,
+            connect_timeout: c.connect_timeout,
+            idle_timeout: c.idle_timeout,
+            stall_timeout: c.stall_timeout,
+            queue_timeout: c.queue_timeout(),
+        }
+    }
+}

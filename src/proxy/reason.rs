@@ -1,0 +1,93 @@
+//! Why a client connection ended: one name per reason, used as the metric
+//! label (`rtmp_proxy_connections_rejected_total{reason}` and
+//! `..._closed_total{reason}`) and as the access log's `reason`.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use crate::balancer::Rejection;
+
+/// Every way a client connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // Rejected: closed before it reached a backend.
+    /// Fewer than the 1537 bytes of C0+C1 within `handshake_timeout`.
+    HandshakeTimeout,
+    /// A first byte other than 3: not RTMP.
+    HandshakeBadVersion,
+    /// The client closed or failed before sending all of C0+C1.
+    HandshakeIncomplete,
+    /// The client closed while it waited in the queue.
+    ClientLeft,
+    /// The queue was full (or off) when the client arrived.
+    QueueFull,
+    /// No slot came free within `queue_timeout`.
+    QueueTimeout,
+    /// A binary upgrade was under way and the client could not be passed to
+    /// the new process.
+    HandedOff,
+    /// No eligible backend accepted the connection.
+    ConnectFailed,
+
+    // Closed: ended after it reached a backend.
+    /// The client closed its side first.
+    ClientClosed,
+    /// The backend closed its side first.
+    BackendClosed,
+    /// The client's side failed (reset, broken pipe) first.
+    ClientError,
+    /// The backend's side failed first.
+    BackendError,
+    /// No byte either way for `idle_timeout`.
+    IdleTimeout,
+    /// The backend took none of the client's bytes for `stall_timeout`.
+    BackendStalled,
+    /// `drain_timeout` passed, or SIGINT, and the stream was cut.
+    ShutdownCut,
+}
+
+impl Reason {
+    /// The label in metrics and the access log.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::HandshakeTimeout => "handshake_timeout",
+            Reason::HandshakeBadVersion => "handshake_bad_version",
+            Reason::HandshakeIncomplete => "handshake_incomplete",
+            Reason::ClientLeft => "client_left",
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
+            Reason::HandedOff => "handed_off",
+            Reason::ConnectFailed => "connect_failed",
+            Reason::ClientClosed => "client_closed",
+            Reason::BackendClosed => "backend_closed",
+            Reason::ClientError => "client_error",
+            Reason::BackendError => "backend_error",
+            Reason::IdleTimeout => "idle_timeout",
+            Reason::BackendStalled => "backend_stalled",
+            Reason::ShutdownCut => "shutdown_cut",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
+impl From<Rejection> for Reason {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::QueueFull => Reason::QueueFull,
+            Rejection::QueueTimeout => Reason::QueueTimeout,
+            Rejection::HandedOff => Reason::HandedOff,
+        }
+    }
+}
