@@ -26,16 +26,15 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::access_log::AccessLog;
 use crate::balancer::redis::SharedSlots;
-use crate::balancer::{policy, Limits, SlotTable};
 use crate::config::{self, ProxyConfig, SlotStore};
-use crate::core::{Core, Settings};
+use crate::core::{self, Core, Settings};
 use crate::discovery::cloud_map::CloudMapDiscovery;
 use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
 use crate::http::server::{self as http_server, HttpListener};
 use crate::http::{Admin, Health};
 use crate::lifecycle::handoff::{ForwardedClient, Handoff};
-use crate::lifecycle::{Lifecycle, Signals};
+use crate::lifecycle::{ExitFn, Lifecycle, Signals};
 use crate::memory;
 use crate::metrics;
 use crate::protection::Protection;
@@ -56,7 +55,7 @@ pub struct Cli {
 
 /// Runs the proxy as the command line says; returns only on a start-up
 /// error, after `-t`, or after SIGINT.
-pub fn run(cli: Cli) -> Result<(), String> {
+pub fn run(cli: Cli, exit: ExitFn) -> Result<(), String> {
     let mut opt = cli.pingora;
     let path = opt
         .conf
@@ -92,14 +91,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
         probe_listen("proxy.admin_listen", &proxy.admin_listen)?;
     }
 
-    let table = SlotTable::new(
-        policy::from_config(proxy.balance),
-        Limits {
-            global_cap: proxy.global_cap(),
-            max_queue: proxy.max_queue,
-        },
-    );
-    let lifecycle = Lifecycle::new(proxy.drain_delay, proxy.drain_timeout);
+    let table = core::slot_table(&proxy);
+    let lifecycle = Lifecycle::new(proxy.drain_delay, proxy.drain_timeout, exit);
     lifecycle.watch_signals()?;
     // Before the handoff: the old process's stream records arrive at once.
     let streams = Directory::new();

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use crate::access_log::AccessLog;
 use crate::balancer::redis::SharedSlots;
-use crate::balancer::SlotTable;
+use crate::balancer::Member;
+use crate::balancer::{policy, Limits, SlotTable};
 use crate::config::{Protocol, ProxyConfig, SendProxy};
 use crate::lifecycle::handoff::Handoff;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{ExitFn, Lifecycle};
 use crate::protection::Protection;
 use crate::streams::Directory;
 
@@ -31,6 +32,57 @@ pub struct Core {
     /// ECS scale-in protection, when enabled.
     pub protection: Option<Arc<Protection>>,
     pub started: Instant,
+}
+
+impl Core {
+    /// A core with no Pingora around it, for running the proxy inside
+    /// another program (tests: see [`crate::proxy::listener::run`]). The
+    /// static backends are taken as they are, healthy, with no discovery
+    /// or health checks; no Redis, no ECS, no upgrades, no signals.
+    pub fn standalone(config: &ProxyConfig, exit: ExitFn) -> Result<Arc<Core>, String> {
+        let table = slot_table(config);
+        let members: Vec<Member> = config
+            .backends
+            .static_
+            .iter()
+            .map(|b| Member {
+                addr: b.addr,
+                weight: b.weight,
+                max_connections: b.max_connections,
+                source: "static".into(),
+                task: None,
+            })
+            .collect();
+        table.sync(&members, true);
+        let streams = Directory::new();
+        // Never listened on: there is no successor to hand off to.
+        let handoff = Handoff::new("", table.clone(), streams.clone());
+        Ok(Arc::new(Core {
+            settings: Settings::from(config),
+            lifecycle: Lifecycle::new(config.drain_delay, config.drain_timeout, exit),
+            handoff,
+            shared: None,
+            access_log: Arc::new(AccessLog::open(
+                &config.access_log,
+                config.access_log_interval,
+            )?),
+            streams,
+            protection: None,
+            started: Instant::now(),
+            table,
+        }))
+    }
+}
+
+/// The slot table `config` asks for, with no backends yet.
+pub fn slot_table(config: &ProxyConfig) -> Arc<SlotTable> {
+    SlotTable::new(
+        policy::from_config(config.balance),
+        Limits {
+            global_cap: config.global_cap(),
+            max_queue: config.max_queue,
+        },
+    )
 }
 
 /// The settings the data path reads for every connection.

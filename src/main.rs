@@ -1,6 +1,7 @@
 //! `rtmp-proxy`: see the library's documentation for the layout.
 
 use clap::Parser;
+use rtmp_proxy::lifecycle::Exit;
 
 fn main() {
     // Pingora's load balancer logs health flips with the whole peer
@@ -36,8 +37,17 @@ fn main() {
         log::error!("fatal: {info}; exiting");
         std::process::exit(70);
     }));
-    if let Err(e) = rtmp_proxy::app::run(rtmp_proxy::app::Cli::parse()) {
+    if let Err(e) = rtmp_proxy::app::run(rtmp_proxy::app::Cli::parse(), exit) {
         eprintln!("rtmp-proxy: {e}");
         std::process::exit(1);
     }
+}
+
+/// The exit codes: 0 after a drain or SIGINT, 70 (as after a panic) when a
+/// listener cannot be served.
+fn exit(why: Exit) -> ! {
+    std::process::exit(match why {
+        Exit::Done => 0,
+        Exit::Fatal(_) => 70,
+    })
 }

@@ -1,6 +1,7 @@
-//! Capacity through the real binary: the FIFO wait queue (served on release,
-//! timed out, full), exact per-backend caps under a burst of clients, the
-//! balancing policies, and the global cap.
+//! Capacity through the real binary: exact per-backend caps under a burst of
+//! clients, the balancing policies, the global cap, and a queued client that
+//! leaves. The plain queue (served on release, timed out, full) is tested
+//! in-process (`tests/in_process.rs`).
 //!
 //! Health checks run once at start-up and then every 60 s, so that nothing
 //! but a freed slot can wake the queue and backends count only clients once
@@ -117,12 +118,6 @@ async fn assert_queued(proxy: &Proxy, n: u64) {
     );
 }
 
-/// Waits (bounded) until the proxy log contains `needle`.
-async fn assert_logged(proxy: &Proxy, needle: &str) {
-    let found = wait_until(Duration::from_secs(5), || proxy.log_text().contains(needle)).await;
-    assert!(found, "{needle:?} not in the log:\n{}", proxy.log_text());
-}
-
 /// Sum of `rtmp_proxy_connections_rejected_total` over all reasons, and the
 /// lines it came from.
 async fn rejected_total(proxy: &Proxy) -> (f64, Vec<String>) {
@@ -218,118 +213,6 @@ async fn full_pair(extra: &str) -> FullPair {
         first: (s1, t1),
         second: (s2, t2),
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_queued_client_takes_the_first_freed_slot() {
-    let FullPair {
-        proxy,
-        a,
-        b,
-        first: (client_a, tag_a),
-        second: (_client_b, _),
-    } = full_pair("  queue_timeout: 5s\n").await;
-    let before = accepted_sum(&[&a, &b]);
-
-    let mut c = proxy.connect().await;
-    assert_queued(&proxy, 1).await;
-    assert!(
-        nothing_within(&mut c, Duration::from_millis(300)).await,
-        "the queued client received something (or was closed)"
-    );
-    assert_eq!(
-        accepted_sum(&[&a, &b]),
-        before,
-        "a backend saw a connection while the fleet was full"
-    );
-    assert_queued(&proxy, 1).await;
-
-    let freed = Instant::now();
-    drop(client_a);
-    let tag_c = read_tag(&mut c, Duration::from_secs(5)).await;
-    let latency = freed.elapsed();
-    eprintln!("queued client served {latency:?} after A disconnected");
-    assert_eq!(
-        tag_c.as_deref(),
-        Some(tag_a.as_str()),
-        "C should be served on A's backend before the queue timeout; log:\n{}",
-        proxy.log_text()
-    );
-    assert_queued(&proxy, 0).await;
-    assert_eq!(
-        proxy
-            .metric("rtmp_proxy_connections_rejected_total{reason=\"queue_timeout\"}")
-            .await,
-        0.0
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_queued_client_is_closed_after_queue_timeout() {
-    let FullPair {
-        proxy,
-        a,
-        b,
-        first,
-        second,
-    } = full_pair("  queue_timeout: 1s\n").await;
-    let before = accepted_sum(&[&a, &b]);
-
-    let mut c = proxy.connect().await;
-    assert!(
-        closed_within(&mut c, Duration::from_secs(5)).await,
-        "the queued client was not closed"
-    );
-    assert_eq!(
-        accepted_sum(&[&a, &b]),
-        before,
-        "the timed-out client reached a backend"
-    );
-    assert_logged(&proxy, r#""event":"rejected""#).await;
-    assert_logged(&proxy, r#""reason":"queue_timeout""#).await;
-    assert_eq!(
-        proxy
-            .metric("rtmp_proxy_connections_rejected_total{reason=\"queue_timeout\"}")
-            .await,
-        1.0
-    );
-    assert_queued(&proxy, 0).await;
-    drop((first, second));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_queue_closes_the_next_client_at_once() {
-    let FullPair {
-        proxy,
-        a,
-        b,
-        first,
-        second,
-    } = full_pair("  queue_timeout: 30s\n  max_queue: 1\n").await;
-    let before = accepted_sum(&[&a, &b]);
-
-    let mut c = proxy.connect().await;
-    assert_queued(&proxy, 1).await;
-    let mut d = proxy.connect().await;
-    assert!(
-        closed_within(&mut d, Duration::from_secs(2)).await,
-        "the client over max_queue was not closed at once"
-    );
-    assert_logged(&proxy, r#""reason":"queue_full""#).await;
-    assert_eq!(
-        proxy
-            .metric("rtmp_proxy_connections_rejected_total{reason=\"queue_full\"}")
-            .await,
-        1.0
-    );
-    // C keeps its place.
-    assert!(
-        nothing_within(&mut c, Duration::from_millis(300)).await,
-        "the queued client received something (or was closed)"
-    );
-    assert_queued(&proxy, 1).await;
-    assert_eq!(accepted_sum(&[&a, &b]), before);
-    drop((first, second));
 }
 
 /// A queued client stops being read at 64 KiB (the rest stays in its

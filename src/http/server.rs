@@ -22,7 +22,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use log::{error, warn};
+use log::warn;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
 use tokio::net::{TcpListener, TcpStream};
@@ -124,10 +124,7 @@ impl Service for HttpListener {
         let what = self.what;
         // The address was free at start-up (app.rs probes it); a port that
         // cannot be served must not leave the process half up.
-        let fatal = |e: String| -> ! {
-            error!("{what}: {e}; exiting");
-            std::process::exit(70)
-        };
+        let fatal = |e: String| -> ! { self.lifecycle.fatal(what, e) };
         let sockets = sockets(what, &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(e));
         let runtime = runtime::dedicated(what).unwrap_or_else(|e| fatal(e));
         let shared = Arc::new(Shared {

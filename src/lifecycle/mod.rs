@@ -62,14 +62,30 @@ pub struct Lifecycle {
     before_exit: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// Run on SIGHUP.
     hangup: Mutex<Vec<Box<dyn Fn() + Send>>>,
+    exit: ExitFn,
 }
+
+/// Why the process ends. The library never exits by itself: it hands this
+/// to the function `main` gave, which picks the exit code.
+#[derive(Debug)]
+pub enum Exit {
+    /// The drain is over (SIGTERM, or the old process of an upgrade), or
+    /// SIGINT cut what was left.
+    Done,
+    /// A listener cannot be served: the process must not stay half up.
+    Fatal(String),
+}
+
+/// Ends the process; `main`'s choice.
+pub type ExitFn = fn(Exit) -> !;
 
 /// How long SIGINT waits for cut sessions to write their `end` records.
 pub const SIGINT_GRACE: Duration = Duration::from_secs(2);
 
 impl Lifecycle {
-    pub fn new(drain_delay: Duration, drain_timeout: Duration) -> Arc<Self> {
+    pub fn new(drain_delay: Duration, drain_timeout: Duration, exit: ExitFn) -> Arc<Self> {
         Arc::new(Self {
+            exit,
             phase: AtomicU8::new(Phase::Serving as u8),
             sessions: Mutex::new(0),
             sessions_changed: Condvar::new(),
@@ -149,7 +165,14 @@ impl Lifecycle {
         if still > 0 {
             warn!("{still} session(s) did not end after the cut; exiting anyway");
         }
-        std::process::exit(0);
+        (self.exit)(Exit::Done)
+    }
+
+    /// A service cannot go on (its socket or runtime failed): logs why and
+    /// ends the process.
+    pub fn fatal(&self, what: &str, why: impl std::fmt::Display) -> ! {
+        error!("{what}: {why}; exiting");
+        (self.exit)(Exit::Fatal(format!("{what}: {why}")))
     }
 
     /// Runs `f` once the drain is over, just before the process exits (not
@@ -267,7 +290,7 @@ impl Lifecycle {
         for hook in hooks {
             hook();
         }
-        std::process::exit(0);
+        (self.exit)(Exit::Done)
     }
 }
 
@@ -341,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_drain_limit_beyond_any_instant_does_not_panic() {
-        let lifecycle = Lifecycle::new(Duration::ZERO, Duration::MAX);
+        let lifecycle = Lifecycle::new(Duration::ZERO, Duration::MAX, |e| panic!("{e:?}"));
         assert_eq!(lifecycle.wait_sessions_gone(Duration::MAX), 0);
     }
 }

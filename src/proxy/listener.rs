@@ -16,13 +16,14 @@
 //! had one socket per thread (`<listen>#1`, ...): all of them are taken
 //! over and served.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use log::{error, info, warn};
+use log::{info, warn};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
 use socket2::SockRef;
@@ -171,13 +172,6 @@ fn is_ours(addr: &str, key: &str) -> bool {
             .is_some_and(|n| n.parse::<usize>().is_ok())
 }
 
-/// The proxy port cannot be served: the process must not stay half up
-/// (the exit code of the panic hook in `main.rs`).
-fn fatal(why: impl std::fmt::Display) -> ! {
-    error!("proxy.listen: {why}; exiting");
-    std::process::exit(70)
-}
-
 /// A fresh listening socket. Accepted connections inherit its Nagle off,
 /// without a system call each (RTMP control messages and acknowledgements
 /// are small and must not wait).
@@ -197,7 +191,9 @@ impl Service for Listener {
         shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        // The address was free at start-up (app.rs probes it).
+        // The address was free at start-up (app.rs probes it); the proxy
+        // port that cannot be served must not leave the process half up.
+        let fatal = |why: String| -> ! { self.core.lifecycle.fatal("proxy.listen", why) };
         let sockets =
             sockets("proxy.listen", &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(e));
         // Every thread accepts on every socket, each through a descriptor
@@ -215,7 +211,13 @@ impl Service for Listener {
             // until they end or the process exits (`lifecycle`'s drain).
             let runtime = runtime::dedicated(&format!("proxy-{n}")).unwrap_or_else(|e| fatal(e));
             for socket in sockets {
-                runtime.spawn(accept_loop(socket, self.core.clone(), shutdown.clone()));
+                // Non-blocking already: made so (`bind`) or set when taken over.
+                let listener = {
+                    let _in_runtime = runtime.enter();
+                    TcpListener::from_std(socket)
+                        .unwrap_or_else(|e| fatal(format!("cannot use a listening socket: {e}")))
+                };
+                runtime.spawn(accept_loop(listener, self.core.clone(), shutdown.clone()));
             }
         }
     }
@@ -230,26 +232,17 @@ impl Service for Listener {
     }
 }
 
-async fn accept_loop(socket: std::net::TcpListener, core: Arc<Core>, mut shutdown: ShutdownWatch) {
-    // Non-blocking already: made so (`bind`) or set when taken over.
-    let listener = TcpListener::from_std(socket)
-        .unwrap_or_else(|e| fatal(format!("cannot use a listening socket: {e}")));
-    // One wait for shutdown for the whole loop: a fresh one per accept
-    // would join and leave the channel's waiter list (a lock shared by
-    // every thread) for each connection.
-    let stop = async {
-        while shutdown.changed().await.is_ok() {
-            if *shutdown.borrow() {
-                return;
-            }
-        }
-    };
-    tokio::pin!(stop);
+/// Accepts clients on `listener` and serves each on a task of its own
+/// until `shutdown` resolves; connections already accepted run on. The
+/// in-process entry point (with [`Core::standalone`]) as well as each
+/// thread's accept loop.
+pub async fn run(listener: TcpListener, core: Arc<Core>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
     let mut errors = AcceptErrors::new("proxy.listen");
     loop {
         let accepted = tokio::select! {
             biased;
-            () = &mut stop => break,
+            () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -264,6 +257,20 @@ async fn accept_loop(socket: std::net::TcpListener, core: Arc<Core>, mut shutdow
         }
     }
     info!("proxy.listen: no longer accepting");
+}
+
+async fn accept_loop(listener: TcpListener, core: Arc<Core>, mut shutdown: ShutdownWatch) {
+    // One wait for shutdown for the whole loop: a fresh one per accept
+    // would join and leave the channel's waiter list (a lock shared by
+    // every thread) for each connection.
+    let stop = async move {
+        while shutdown.changed().await.is_ok() {
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    };
+    run(listener, core, stop).await;
 }
 
 #[cfg(test)]
