@@ -60,7 +60,7 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// `target`: `stderr`, `off`, or a file path (appended to).
-    pub fn open(target: &str, interval: Duration) -> Result<Self, String> {
+    pub fn open(target: &str, interval: Duration) -> Result<Self, AccessLogError> {
         let sink = match target {
             "off" => None,
             "stderr" => Some(
@@ -68,7 +68,10 @@ impl AccessLog {
                     .as_fd()
                     .try_clone_to_owned()
                     .map(File::from)
-                    .map_err(|e| format!("proxy.access_log: cannot use stderr: {e}"))?,
+                    .map_err(|e| AccessLogError {
+                        target: "stderr".into(),
+                        source: e,
+                    })?,
             ),
             path => Some(open_file(path)?),
         };
@@ -143,12 +146,23 @@ impl AccessLog {
     }
 }
 
-fn open_file(path: &str) -> Result<File, String> {
+/// The access log's file or stderr cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("proxy.access_log: cannot open {target:?}: {source}")]
+pub struct AccessLogError {
+    target: String,
+    source: std::io::Error,
+}
+
+fn open_file(path: &str) -> Result<File, AccessLogError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| format!("proxy.access_log: cannot open {path:?}: {e}"))
+        .map_err(|source| AccessLogError {
+            target: path.into(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -198,6 +212,9 @@ mod tests {
         let e = AccessLog::open("/nonexistent/dir/access.log", Duration::from_secs(1))
             .err()
             .unwrap();
-        assert!(e.starts_with("proxy.access_log: cannot open"), "{e}");
+        assert!(
+            e.to_string().starts_with("proxy.access_log: cannot open"),
+            "{e}"
+        );
     }
 }

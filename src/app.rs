@@ -24,7 +24,7 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backends, LoadBalancer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, AccessLogError};
 use crate::balancer::redis::SharedSlots;
 use crate::config::{self, ProxyConfig, SlotStore};
 use crate::core::{self, Core, Settings};
@@ -33,8 +33,8 @@ use crate::discovery::{Fleet, StaticDiscovery};
 use crate::health_check::ReportingCheck;
 use crate::http::server::{self as http_server, HttpListener};
 use crate::http::{Admin, Health};
-use crate::lifecycle::handoff::{ForwardedClient, Handoff};
-use crate::lifecycle::{ExitFn, Lifecycle, Signals};
+use crate::lifecycle::handoff::{ForwardedClient, Handoff, HandoffError};
+use crate::lifecycle::{ExitFn, Lifecycle, SignalError, Signals};
 use crate::memory;
 use crate::metrics;
 use crate::protection::Protection;
@@ -53,25 +53,48 @@ pub struct Cli {
     pub pingora: Opt,
 }
 
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no config file given: pass -c FILE (see conf/rtmp-proxy.yaml)")]
+    NoConfig,
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{path}: Pingora server settings: {message}")]
+    ServerConf { path: String, message: String },
+    /// Pingora forks in `run`, which would lose the drain and handoff
+    /// threads started before it.
+    #[error("daemon mode is not supported: run rtmp-proxy in the foreground (systemd, a container runtime)")]
+    Daemon,
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Listen {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Signals(#[from] SignalError),
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
+    /// The Redis slot store or scale-in protection.
+    #[error("{0}")]
+    Service(String),
+}
+
 /// Runs the proxy as the command line says; returns only on a start-up
 /// error, after `-t`, or after SIGINT.
-pub fn run(cli: Cli, exit: ExitFn) -> Result<(), String> {
+pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     let mut opt = cli.pingora;
-    let path = opt
-        .conf
-        .take()
-        .ok_or("no config file given: pass -c FILE (see conf/rtmp-proxy.yaml)")?;
-    let (text, proxy) = config::load(Path::new(&path)).map_err(|e| e.to_string())?;
-    let mut server_conf = ServerConf::from_yaml(&text)
-        .map_err(|e| format!("{path}: Pingora server settings: {e}"))?;
+    let path = opt.conf.take().ok_or(StartError::NoConfig)?;
+    let (text, proxy) = config::load(Path::new(&path))?;
+    let mut server_conf = ServerConf::from_yaml(&text).map_err(|e| StartError::ServerConf {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     if opt.daemon || server_conf.daemon {
-        // Pingora forks in `run`, which would lose the drain and handoff
-        // threads started before it.
-        return Err(
-            "daemon mode is not supported: run rtmp-proxy in the foreground \
-                    (systemd, a container runtime)"
-                .into(),
-        );
+        return Err(StartError::Daemon);
     }
     // Pingora drops every session when its grace period ends; ours (the
     // drain) must always end first.
@@ -122,25 +145,26 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), String> {
     metrics::init();
     memory::trim_periodically();
     let shared = match (&proxy.slots.store, &proxy.slots.url) {
-        (SlotStore::Redis, Some(url)) => Some(SharedSlots::start(
-            url,
-            &proxy.slots.key_prefix,
-            proxy.slots.lease,
-            proxy.connect_timeout,
-            table.clone(),
-        )?),
+        (SlotStore::Redis, Some(url)) => Some(
+            SharedSlots::start(
+                url,
+                &proxy.slots.key_prefix,
+                proxy.slots.lease,
+                proxy.connect_timeout,
+                table.clone(),
+            )
+            .map_err(StartError::Service)?,
+        ),
         _ => None,
     };
     if let Some(shared) = &shared {
         streams.set_fleet(shared.clone());
     }
     let protection = if proxy.scale_in_protection.enabled {
-        Some(Protection::start(
-            &proxy,
-            table.clone(),
-            lifecycle.clone(),
-            shared.clone(),
-        )?)
+        Some(
+            Protection::start(&proxy, table.clone(), lifecycle.clone(), shared.clone())
+                .map_err(StartError::Service)?,
+        )
     } else {
         None
     };
@@ -193,10 +217,14 @@ fn raise_fd_limit() {
     }
 }
 
-fn probe_listen(key: &str, addr: &str) -> Result<(), String> {
+fn probe_listen(key: &'static str, addr: &str) -> Result<(), StartError> {
     TcpListener::bind(addr)
         .map(drop)
-        .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
+        .map_err(|source| StartError::Listen {
+            key,
+            addr: addr.into(),
+            source,
+        })
 }
 
 /// Adds every service to the server.

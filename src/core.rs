@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, AccessLogError};
 use crate::balancer::redis::SharedSlots;
 use crate::balancer::Member;
 use crate::balancer::{policy, Limits, SlotTable};
@@ -39,7 +39,7 @@ impl Core {
     /// another program (tests: see [`crate::proxy::listener::run`]). The
     /// static backends are taken as they are, healthy, with no discovery
     /// or health checks; no Redis, no ECS, no upgrades, no signals.
-    pub fn standalone(config: &ProxyConfig, exit: ExitFn) -> Result<Arc<Core>, String> {
+    pub fn standalone(config: &ProxyConfig, exit: ExitFn) -> Result<Arc<Core>, AccessLogError> {
         let table = slot_table(config);
         let members: Vec<Member> = config
             .backends

@@ -124,9 +124,9 @@ impl Service for HttpListener {
         let what = self.what;
         // The address was free at start-up (app.rs probes it); a port that
         // cannot be served must not leave the process half up.
-        let fatal = |e: String| -> ! { self.lifecycle.fatal(what, e) };
-        let sockets = sockets(what, &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(e));
-        let runtime = runtime::dedicated(what).unwrap_or_else(|e| fatal(e));
+        let fatal = |e: &dyn std::fmt::Display| -> ! { self.lifecycle.fatal(what, e) };
+        let sockets = sockets(what, &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(&e));
+        let runtime = runtime::dedicated(what).unwrap_or_else(|e| fatal(&e));
         let shared = Arc::new(Shared {
             what,
             handler: self.handler.clone(),
@@ -138,7 +138,7 @@ impl Service for HttpListener {
             let listener = {
                 let _entered = runtime.enter();
                 TcpListener::from_std(socket)
-                    .unwrap_or_else(|e| fatal(format!("cannot use a listening socket: {e}")))
+                    .unwrap_or_else(|e| fatal(&format!("cannot use a listening socket: {e}")))
             };
             runtime.spawn(accept_loop(
                 listener,

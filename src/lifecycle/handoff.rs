@@ -65,6 +65,28 @@ const MAX_MESSAGE: usize = 80 * 1024;
 /// one's `/streams` shows them moving.
 const REFRESH: Duration = Duration::from_secs(2);
 
+/// The control socket cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("slot handoff socket {}: {source}", path.display())]
+    Socket { path: PathBuf, source: nix::Error },
+    #[error("slot handoff thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why SIGQUIT cannot start an upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum NoSuccessor {
+    #[error(
+        "no new process is waiting for the sockets (start it with -u first; see scripts/upgrade)"
+    )]
+    NotWaiting,
+    #[error("the new process is not listening on {} yet", .0.display())]
+    NotListening(PathBuf),
+    #[error("the new process has gone away")]
+    Gone,
+}
+
 /// A stream message that cannot be sent or was not understood.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -237,8 +259,11 @@ impl Handoff {
     /// Every process: serves the control socket so that a future new
     /// process can take over. Replaces the old process's socket file, which
     /// must already be connected to by then.
-    pub fn listen(self: &Arc<Self>) -> Result<(), String> {
-        let what = |e: nix::Error| format!("slot handoff socket {}: {e}", self.path.display());
+    pub fn listen(self: &Arc<Self>) -> Result<(), HandoffError> {
+        let what = |source| HandoffError::Socket {
+            path: self.path.clone(),
+            source,
+        };
         let _ = std::fs::remove_file(&self.path);
         let fd = seqpacket().map_err(what)?;
         let addr = UnixAddr::new(self.path.as_path()).map_err(what)?;
@@ -249,7 +274,7 @@ impl Handoff {
             .name("handoff-listen".into())
             .spawn(move || me.accept_successors(fd))
             .map(drop)
-            .map_err(|e| format!("slot handoff thread: {e}"))
+            .map_err(HandoffError::Thread)
     }
 
     fn accept_successors(self: Arc<Self>, listener: OwnedFd) {
@@ -349,25 +374,18 @@ impl Handoff {
 
     /// Old process, on SIGQUIT: hands off to the connected new process, or
     /// says why it cannot.
-    pub fn begin(&self, lifecycle: &Lifecycle) -> Result<(), String> {
+    pub fn begin(&self, lifecycle: &Lifecycle) -> Result<(), NoSuccessor> {
         let successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = successor.as_ref() else {
-            return Err(
-                "no new process is waiting for the sockets (start it with -u first; see scripts/upgrade)"
-                    .into(),
-            );
+            return Err(NoSuccessor::NotWaiting);
         };
         if !unix_listener_exists(&self.upgrade_sock) {
-            return Err(format!(
-                "the new process is not listening on {} yet",
-                self.upgrade_sock.display()
-            ));
+            return Err(NoSuccessor::NotListening(self.upgrade_sock.clone()));
         }
         // Freezing first means no grant can follow the marker.
         self.table.freeze();
         lifecycle.hand_off();
-        tx.send(Outgoing::Marker)
-            .map_err(|_| "the new process has gone away".to_string())
+        tx.send(Outgoing::Marker).map_err(|_| NoSuccessor::Gone)
     }
 
     /// Old process, after handing off: passes a client to the new process.

@@ -76,6 +76,16 @@ pub enum Exit {
     Fatal(String),
 }
 
+/// The signals cannot be handled: without handlers they would kill the
+/// process.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("cannot start the signal thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot handle {0}: {1}")]
+    Handler(&'static str, std::io::Error),
+}
+
 /// Ends the process; `main`'s choice.
 pub type ExitFn = fn(Exit) -> !;
 
@@ -112,14 +122,14 @@ impl Lifecycle {
     /// process. Called at start-up: Pingora only asks [`Signals`] once every
     /// service runs, and until a handler is installed these signals kill
     /// the process.
-    pub fn watch_signals(self: &Arc<Self>) -> Result<(), String> {
+    pub fn watch_signals(self: &Arc<Self>) -> Result<(), SignalError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-        let install = |kind: SignalKind, name: &str| {
+            .map_err(SignalError::Thread)?;
+        let install = |kind: SignalKind, name: &'static str| {
             let _in_rt = rt.enter();
-            signal(kind).map_err(|e| format!("cannot handle {name}: {e}"))
+            signal(kind).map_err(|e| SignalError::Handler(name, e))
         };
         let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
         let mut int = install(SignalKind::interrupt(), "SIGINT")?;
@@ -144,7 +154,7 @@ impl Lifecycle {
                 me.interrupt();
             })
             .map(drop)
-            .map_err(|e| format!("cannot start the signal thread: {e}"))
+            .map_err(SignalError::Thread)
     }
 
     fn hang_up(&self) {

@@ -63,10 +63,11 @@ pub(crate) fn sockets(
     what: &str,
     addr: &str,
     fds: Option<&ListenFds>,
-) -> Result<Vec<std::net::TcpListener>, String> {
-    let parsed: SocketAddr = addr
-        .parse()
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+) -> Result<Vec<std::net::TcpListener>, ListenError> {
+    let parsed: SocketAddr = addr.parse().map_err(|e| ListenError::Address {
+        addr: addr.into(),
+        source: e,
+    })?;
     let mut sockets = Vec::new();
     if let Some(fds) = fds {
         let (keys, raw) = fds.lock().serialize();
@@ -81,7 +82,7 @@ pub(crate) fn sockets(
                 let sock = SockRef::from(&socket);
                 sock.set_nonblocking(true)
                     .and_then(|()| sock.set_tcp_nodelay(true))
-                    .map_err(|e| format!("cannot use an inherited socket: {e}"))?;
+                    .map_err(ListenError::Inherited)?;
                 sockets.push(socket);
             }
         }
@@ -93,11 +94,31 @@ pub(crate) fn sockets(
         );
         return Ok(sockets);
     }
-    let socket = bind(parsed).map_err(|e| format!("cannot listen on {parsed}: {e}"))?;
+    let socket = bind(parsed).map_err(|e| ListenError::Bind {
+        addr: parsed,
+        source: e,
+    })?;
     if let Some(fds) = fds {
         fds.lock().add(addr.to_string(), socket.as_raw_fd());
     }
     Ok(vec![socket])
+}
+
+/// A listening socket that cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Address {
+        addr: String,
+        source: std::net::AddrParseError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot use an inherited socket: {0}")]
+    Inherited(std::io::Error),
 }
 
 /// Something going wrong repeatedly (accept failing, a cap reached), logged
@@ -193,9 +214,10 @@ impl Service for Listener {
     ) {
         // The address was free at start-up (app.rs probes it); the proxy
         // port that cannot be served must not leave the process half up.
-        let fatal = |why: String| -> ! { self.core.lifecycle.fatal("proxy.listen", why) };
+        let fatal =
+            |why: &dyn std::fmt::Display| -> ! { self.core.lifecycle.fatal("proxy.listen", why) };
         let sockets =
-            sockets("proxy.listen", &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(e));
+            sockets("proxy.listen", &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(&e));
         // Every thread accepts on every socket, each through a descriptor
         // of its own (its runtime's poller registers it). The first thread
         // keeps the originals, whose numbers are in the descriptor table.
@@ -203,19 +225,19 @@ impl Service for Listener {
         for _ in 1..self.threads {
             let clones: Result<Vec<_>, _> = sockets.iter().map(|s| s.try_clone()).collect();
             per_thread
-                .push(clones.unwrap_or_else(|e| fatal(format!("cannot share the socket: {e}"))));
+                .push(clones.unwrap_or_else(|e| fatal(&format!("cannot share the socket: {e}"))));
         }
         per_thread.insert(0, sockets);
         for (n, sockets) in per_thread.into_iter().enumerate() {
             // After shutdown the runtime lives on with its connections
             // until they end or the process exits (`lifecycle`'s drain).
-            let runtime = runtime::dedicated(&format!("proxy-{n}")).unwrap_or_else(|e| fatal(e));
+            let runtime = runtime::dedicated(&format!("proxy-{n}")).unwrap_or_else(|e| fatal(&e));
             for socket in sockets {
                 // Non-blocking already: made so (`bind`) or set when taken over.
                 let listener = {
                     let _in_runtime = runtime.enter();
                     TcpListener::from_std(socket)
-                        .unwrap_or_else(|e| fatal(format!("cannot use a listening socket: {e}")))
+                        .unwrap_or_else(|e| fatal(&format!("cannot use a listening socket: {e}")))
                 };
                 runtime.spawn(accept_loop(listener, self.core.clone(), shutdown.clone()));
             }
