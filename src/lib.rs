@@ -44,6 +44,15 @@
 //!   and for the proxy's own task, on its own runtime thread.
 //! - [`runtime`]: the dedicated runtimes such work runs on.
 
+// Nothing outside tests may panic on input: unwrap, expect and panic are
+// denied (the `rtmp` parser also denies indexing and unchecked arithmetic).
+// Unsafe code is denied in Cargo.toml's `[lints]`; the few places that take
+// ownership of a raw descriptor allow it where they stand.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod access_log;
 pub mod app;
 pub mod balancer;

@@ -30,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics;
-use crate::proxy::listener::{sockets, AcceptErrors, Episode};
+use crate::proxy::listener::{socket, AcceptErrors, Episode};
 use crate::runtime;
 
 /// How long a client has to send its request headers, and how long a
@@ -125,7 +125,7 @@ impl Service for HttpListener {
         // The address was free at start-up (app.rs probes it); a port that
         // cannot be served must not leave the process half up.
         let fatal = |e: &dyn std::fmt::Display| -> ! { self.lifecycle.fatal(what, e) };
-        let sockets = sockets(what, &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(&e));
+        let socket = socket(what, &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(&e));
         let runtime = runtime::dedicated(what).unwrap_or_else(|e| fatal(&e));
         let shared = Arc::new(Shared {
             what,
@@ -134,18 +134,16 @@ impl Service for HttpListener {
             cap: self.cap,
             bad_requests: RateLimited::default(),
         });
-        for socket in sockets {
-            let listener = {
-                let _entered = runtime.enter();
-                TcpListener::from_std(socket)
-                    .unwrap_or_else(|e| fatal(&format!("cannot use a listening socket: {e}")))
-            };
-            runtime.spawn(accept_loop(
-                listener,
-                shared.clone(),
-                stopped(shutdown.clone(), self.lifecycle.clone()),
-            ));
-        }
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(socket)
+                .unwrap_or_else(|e| fatal(&format!("cannot use a listening socket: {e}")))
+        };
+        runtime.spawn(accept_loop(
+            listener,
+            shared,
+            stopped(shutdown, self.lifecycle.clone()),
+        ));
     }
 
     fn name(&self) -> &str {

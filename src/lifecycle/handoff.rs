@@ -39,10 +39,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use log::{info, warn};
-use nix::sys::socket::{
-    accept, bind, connect, listen, recvmsg, sendmsg, socket, AddressFamily, Backlog,
-    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::net::TcpStream;
 
 use super::{Lifecycle, SessionGuard};
@@ -69,7 +67,10 @@ const REFRESH: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {
     #[error("slot handoff socket {}: {source}", path.display())]
-    Socket { path: PathBuf, source: nix::Error },
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("slot handoff thread: {0}")]
     Thread(std::io::Error),
 }
@@ -153,12 +154,11 @@ impl Handoff {
         self: &Arc<Self>,
         clients: tokio::sync::mpsc::UnboundedSender<ForwardedClient>,
     ) -> bool {
-        let conn = match seqpacket().and_then(|fd| {
-            let addr = UnixAddr::new(self.path.as_path())?;
-            connect(fd.as_raw_fd(), &addr)?;
-            Ok(fd)
+        let conn = match seqpacket().and_then(|socket| {
+            socket.connect(&SockAddr::unix(&self.path)?)?;
+            Ok(socket)
         }) {
-            Ok(fd) => fd,
+            Ok(socket) => OwnedFd::from(socket),
             Err(e) => {
                 warn!(
                     "no slot handoff from the old process ({}: {e}); slot counts start at zero",
@@ -265,24 +265,24 @@ impl Handoff {
             source,
         };
         let _ = std::fs::remove_file(&self.path);
-        let fd = seqpacket().map_err(what)?;
-        let addr = UnixAddr::new(self.path.as_path()).map_err(what)?;
-        bind(fd.as_raw_fd(), &addr).map_err(what)?;
-        listen(&fd, Backlog::new(4).map_err(what)?).map_err(what)?;
+        let socket = seqpacket().map_err(what)?;
+        socket
+            .bind(&SockAddr::unix(&self.path).map_err(what)?)
+            .and_then(|()| socket.listen(4))
+            .map_err(what)?;
         let me = self.clone();
         std::thread::Builder::new()
             .name("handoff-listen".into())
-            .spawn(move || me.accept_successors(fd))
+            .spawn(move || me.accept_successors(socket))
             .map(drop)
             .map_err(HandoffError::Thread)
     }
 
-    fn accept_successors(self: Arc<Self>, listener: OwnedFd) {
+    fn accept_successors(self: Arc<Self>, listener: Socket) {
         loop {
-            let conn = match accept(listener.as_raw_fd()) {
-                // SAFETY: accept returned a new descriptor that nothing else owns.
-                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-                Err(nix::Error::EINTR) => continue,
+            let conn = match listener.accept() {
+                Ok((socket, _)) => OwnedFd::from(socket),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     warn!("slot handoff socket: accept failed: {e}");
                     std::thread::sleep(Duration::from_secs(1));
@@ -431,13 +431,8 @@ fn not_passed(peer: &str, e: &dyn std::fmt::Display) {
     warn!("{peer}: closed: could not pass it to the new process: {e}");
 }
 
-fn seqpacket() -> nix::Result<OwnedFd> {
-    socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
+fn seqpacket() -> std::io::Result<Socket> {
+    Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)
 }
 
 fn parse_addr(body: &[u8]) -> Option<SocketAddr> {
@@ -532,6 +527,7 @@ fn receive(conn: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Option<
         if let ControlMessageOwned::ScmRights(fds) = c {
             for raw in fds {
                 // SAFETY: SCM_RIGHTS installed these descriptors for us alone.
+                #[allow(unsafe_code)]
                 let owned = unsafe { OwnedFd::from_raw_fd(raw) };
                 if fd.is_none() {
                     fd = Some(owned);

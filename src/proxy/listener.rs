@@ -12,9 +12,7 @@
 //!
 //! The socket is entered in Pingora's table of listening descriptors as
 //! `<listen>`, so a graceful upgrade passes it to the new process, which
-//! listens on it without ever closing it. A process of an earlier version
-//! had one socket per thread (`<listen>#1`, ...): all of them are taken
-//! over and served.
+//! listens on it without ever closing it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,43 +54,37 @@ impl Listener {
     }
 }
 
-/// The listening sockets of `addr` (config key `what`) inherited from a
+/// The listening socket of `addr` (config key `what`) inherited from a
 /// previous process, or a new one, entered in the descriptor table so that
 /// a graceful upgrade passes it on.
-pub(crate) fn sockets(
+pub(crate) fn socket(
     what: &str,
     addr: &str,
     fds: Option<&ListenFds>,
-) -> Result<Vec<std::net::TcpListener>, ListenError> {
+) -> Result<std::net::TcpListener, ListenError> {
     let parsed: SocketAddr = addr.parse().map_err(|e| ListenError::Address {
         addr: addr.into(),
         source: e,
     })?;
-    let mut sockets = Vec::new();
-    if let Some(fds) = fds {
+    let inherited = fds.and_then(|fds| {
         let (keys, raw) = fds.lock().serialize();
-        for (key, fd) in keys.iter().zip(raw) {
-            if is_ours(addr, key) {
-                // SAFETY: Pingora received this descriptor from the
-                // previous process for our key, and nothing else in
-                // this process uses it.
-                let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-                // What `bind` sets, which an older process may not
-                // have. The threads' duplicates share both.
-                let sock = SockRef::from(&socket);
-                sock.set_nonblocking(true)
-                    .and_then(|()| sock.set_tcp_nodelay(true))
-                    .map_err(ListenError::Inherited)?;
-                sockets.push(socket);
-            }
-        }
-    }
-    if !sockets.is_empty() {
-        info!(
-            "{what}: {} listening socket(s) taken over from the previous process",
-            sockets.len()
-        );
-        return Ok(sockets);
+        keys.iter()
+            .zip(raw)
+            .find_map(|(key, fd)| (key == addr).then_some(fd))
+    });
+    if let Some(fd) = inherited {
+        // SAFETY: Pingora received this descriptor from the previous
+        // process for our key, and nothing else in this process uses it.
+        #[allow(unsafe_code)]
+        let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        // What `bind` sets, which an older process may not have. The
+        // threads' duplicates share both.
+        let sock = SockRef::from(&socket);
+        sock.set_nonblocking(true)
+            .and_then(|()| sock.set_tcp_nodelay(true))
+            .map_err(ListenError::Inherited)?;
+        info!("{what}: 1 listening socket(s) taken over from the previous process");
+        return Ok(socket);
     }
     let socket = bind(parsed).map_err(|e| ListenError::Bind {
         addr: parsed,
@@ -101,7 +93,7 @@ pub(crate) fn sockets(
     if let Some(fds) = fds {
         fds.lock().add(addr.to_string(), socket.as_raw_fd());
     }
-    Ok(vec![socket])
+    Ok(socket)
 }
 
 /// A listening socket that cannot be had.
@@ -183,16 +175,6 @@ impl AcceptErrors {
     }
 }
 
-/// Whether a descriptor table key names a socket of `addr` (`<addr>`, or
-/// `<addr>#n` from an earlier version).
-fn is_ours(addr: &str, key: &str) -> bool {
-    key == addr
-        || key
-            .strip_prefix(addr)
-            .and_then(|rest| rest.strip_prefix('#'))
-            .is_some_and(|n| n.parse::<usize>().is_ok())
-}
-
 /// A fresh listening socket. Accepted connections inherit its Nagle off,
 /// without a system call each (RTMP control messages and acknowledgements
 /// are small and must not wait).
@@ -216,31 +198,28 @@ impl Service for Listener {
         // port that cannot be served must not leave the process half up.
         let fatal =
             |why: &dyn std::fmt::Display| -> ! { self.core.lifecycle.fatal("proxy.listen", why) };
-        let sockets =
-            sockets("proxy.listen", &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(&e));
-        // Every thread accepts on every socket, each through a descriptor
-        // of its own (its runtime's poller registers it). The first thread
-        // keeps the originals, whose numbers are in the descriptor table.
+        let socket = socket("proxy.listen", &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(&e));
+        // Every thread accepts on the socket through a descriptor of its
+        // own (its runtime's poller registers it). The first thread keeps
+        // the original, whose number is in the descriptor table.
         let mut per_thread = Vec::with_capacity(self.threads);
         for _ in 1..self.threads {
-            let clones: Result<Vec<_>, _> = sockets.iter().map(|s| s.try_clone()).collect();
+            let clone = socket.try_clone();
             per_thread
-                .push(clones.unwrap_or_else(|e| fatal(&format!("cannot share the socket: {e}"))));
+                .push(clone.unwrap_or_else(|e| fatal(&format!("cannot share the socket: {e}"))));
         }
-        per_thread.insert(0, sockets);
-        for (n, sockets) in per_thread.into_iter().enumerate() {
+        per_thread.insert(0, socket);
+        for (n, socket) in per_thread.into_iter().enumerate() {
             // After shutdown the runtime lives on with its connections
             // until they end or the process exits (`lifecycle`'s drain).
             let runtime = runtime::dedicated(&format!("proxy-{n}")).unwrap_or_else(|e| fatal(&e));
-            for socket in sockets {
-                // Non-blocking already: made so (`bind`) or set when taken over.
-                let listener = {
-                    let _in_runtime = runtime.enter();
-                    TcpListener::from_std(socket)
-                        .unwrap_or_else(|e| fatal(&format!("cannot use a listening socket: {e}")))
-                };
-                runtime.spawn(accept_loop(listener, self.core.clone(), shutdown.clone()));
-            }
+            // Non-blocking already: made so (`bind`) or set when taken over.
+            let listener = {
+                let _in_runtime = runtime.enter();
+                TcpListener::from_std(socket)
+                    .unwrap_or_else(|e| fatal(&format!("cannot use a listening socket: {e}")))
+            };
+            runtime.spawn(accept_loop(listener, self.core.clone(), shutdown.clone()));
         }
     }
 
@@ -305,19 +284,5 @@ mod tests {
         let _client = std::net::TcpStream::connect(socket.local_addr().unwrap()).unwrap();
         let (accepted, _) = socket.accept().unwrap();
         assert!(accepted.nodelay().unwrap());
-    }
-
-    #[test]
-    fn the_sockets_of_one_address_are_told_apart_from_others() {
-        let addr = "0.0.0.0:1935";
-        assert!(is_ours(addr, "0.0.0.0:1935") && is_ours(addr, "0.0.0.0:1935#3"));
-        for other in [
-            "0.0.0.0:19350",
-            "0.0.0.0:1935#",
-            "0.0.0.0:1935#x",
-            "0.0.0.0:8000",
-        ] {
-            assert!(!is_ours(addr, other), "{other}");
-        }
     }
 }

@@ -68,7 +68,11 @@ impl fmt::Display for GateError {
                 f,
                 "no RTMP handshake within {limit:?} ({got} of {C0C1_LEN} bytes)"
             ),
-            GateError::BadVersion(v) => write!(f, "{}", rtmp::HandshakeError::BadVersion(*v)),
+            GateError::BadVersion(v) => write!(
+                f,
+                "unsupported RTMP version byte {v} (expected {})",
+                rtmp::RTMP_VERSION
+            ),
             GateError::Incomplete { got, error: None } => {
                 write!(f, "client closed after {got} of {C0C1_LEN} handshake bytes")
             }

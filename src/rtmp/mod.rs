@@ -4,8 +4,8 @@
 //!
 //! Layers, each knowing nothing of the ones above it:
 //!
-//! 1. bytes -> handshake: [`check_c0c1`] vets C0+C1; [`Observer`] skips C2
-//!    (spec section 5.2, "Handshake").
+//! 1. bytes -> handshake: the proxy's gate (`proxy::rtmp::gate`) vets
+//!    C0+C1; [`Observer`] skips C2 (spec section 5.2, "Handshake").
 //! 2. bytes -> chunks -> messages ([`chunk`]): chunk headers, chunk size,
 //!    interleaving and reassembly; no meaning beyond framing. Only command
 //!    messages are buffered; media is skipped by counting.
@@ -50,52 +50,6 @@ pub const RTMP_VERSION: u8 = 3;
 /// Chunk stream bytes (after C2) examined before giving up. ffmpeg's
 /// `publish` ends 348 bytes in, its `play` 367; media only follows them.
 pub const MAX_OBSERVED_BYTES: usize = 64 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeError {
-    BadVersion(u8),
-    Short(usize),
-    TooLong(usize),
-}
-
-impl HandshakeError {
-    /// Metric-label style reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::BadVersion(_) => "bad_version",
-            Self::Short(_) => "short_handshake",
-            Self::TooLong(_) => "long_handshake",
-        }
-    }
-}
-
-impl fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadVersion(v) => {
-                write!(
-                    f,
-                    "unsupported RTMP version byte {v} (expected {RTMP_VERSION})"
-                )
-            }
-            Self::Short(n) => write!(f, "short handshake: {n} of {C0C1_LEN} bytes"),
-            Self::TooLong(n) => write!(f, "handshake too long: {n} bytes (expected {C0C1_LEN})"),
-        }
-    }
-}
-
-impl std::error::Error for HandshakeError {}
-
-/// Checks C0+C1. The version byte is checked first, since a wrong one says
-/// "not RTMP" even when the buffer is incomplete.
-pub fn check_c0c1(buf: &[u8]) -> Result<(), HandshakeError> {
-    match buf.first() {
-        Some(&v) if v != RTMP_VERSION => Err(HandshakeError::BadVersion(v)),
-        _ if buf.len() < C0C1_LEN => Err(HandshakeError::Short(buf.len())),
-        _ if buf.len() > C0C1_LEN => Err(HandshakeError::TooLong(buf.len())),
-        _ => Ok(()),
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -356,7 +310,7 @@ mod tests {
 
     #[test]
     fn ffmpeg_publish_fixture() {
-        assert_eq!(check_c0c1(&PUBLISH[..C0C1_LEN]), Ok(()));
+        assert_eq!(PUBLISH[0], RTMP_VERSION);
         let live = Role::Publish {
             kind: "live".into(),
         };
@@ -366,7 +320,7 @@ mod tests {
 
     #[test]
     fn ffmpeg_play_fixture() {
-        assert_eq!(check_c0c1(&PLAY[..C0C1_LEN]), Ok(()));
+        assert_eq!(PLAY[0], RTMP_VERSION);
         let want = info(Role::Play, "rtmp://127.0.0.1:19352/stream");
         assert_eq!(feed_all_ways(&PLAY[C0C1_LEN..]), want);
     }
@@ -552,27 +506,6 @@ mod tests {
         let first = obs.feed(&PUBLISH[C0C1_LEN..]).clone();
         assert!(matches!(first, Progress::Found(_)));
         assert_eq!(obs.feed(b"\xff garbage"), &first);
-    }
-
-    #[test]
-    fn handshake_checks() {
-        let mut hs = vec![3u8; C0C1_LEN];
-        assert_eq!(check_c0c1(&hs), Ok(()));
-        hs[0] = 9;
-        let e = check_c0c1(&hs).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "unsupported RTMP version byte 9 (expected 3)"
-        );
-        assert_eq!(e.reason(), "bad_version");
-        let e = check_c0c1(&[3; 100]).unwrap_err();
-        assert_eq!(e.to_string(), "short handshake: 100 of 1537 bytes");
-        assert_eq!(e.reason(), "short_handshake");
-        assert_eq!(check_c0c1(&[]), Err(HandshakeError::Short(0)));
-        assert_eq!(
-            check_c0c1(&[3; 1538]).map_err(|e| e.reason()),
-            Err("long_handshake")
-        );
     }
 
     #[test]

@@ -296,6 +296,7 @@ pub fn spawn_binary(args: &[&str], log: &Path, env: &[(&str, String)]) -> Child 
         let n: u64 = n.parse().expect("a number of descriptors");
         use std::os::unix::process::CommandExt;
         // SAFETY: only a system call between fork and exec.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(move || {
                 nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
