@@ -98,7 +98,7 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     }
     // Pingora drops every session when its grace period ends; ours (the
     // drain) must always end first.
-    server_conf.grace_period_seconds = Some(proxy.drain_timeout.as_secs().saturating_add(30));
+    server_conf.grace_period_seconds = Some(proxy.drain_timeout.get().as_secs().saturating_add(30));
     if opt.test {
         println!("{path}: configuration OK");
         return Ok(());
@@ -115,7 +115,7 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     }
 
     let table = core::slot_table(&proxy);
-    let lifecycle = Lifecycle::new(proxy.drain_delay, proxy.drain_timeout, exit);
+    let lifecycle = Lifecycle::new(proxy.drain_delay.get(), proxy.drain_timeout.get(), exit);
     lifecycle.watch_signals()?;
     // Before the handoff: the old process's stream records arrive at once.
     let streams = Directory::new();
@@ -149,8 +149,8 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
             SharedSlots::start(
                 url,
                 &proxy.slots.key_prefix,
-                proxy.slots.lease,
-                proxy.connect_timeout,
+                proxy.slots.lease.get(),
+                proxy.connect_timeout.get(),
                 table.clone(),
             )
             .map_err(StartError::Service)?,
@@ -170,7 +170,7 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     };
     let access_log = Arc::new(AccessLog::open(
         &proxy.access_log,
-        proxy.access_log_interval,
+        proxy.access_log_interval.get(),
     )?);
     let reopened = access_log.clone();
     lifecycle.on_hangup(move || reopened.reopen());
@@ -250,13 +250,13 @@ fn compose(
     lb.set_health_check(Box::new(ReportingCheck::new(
         table.clone(),
         proxy.check_kind(),
-        proxy.health_check.timeout,
+        proxy.health_check.timeout.get(),
         proxy.send_proxy,
     )));
-    lb.health_check_frequency = Some(proxy.health_check.interval);
+    lb.health_check_frequency = Some(proxy.health_check.interval.get());
     lb.parallel_health_check = true;
     // Static backends need one discovery; Cloud Map is polled.
-    lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh);
+    lb.update_frequency = proxy.backends.cloud_map.as_ref().map(|c| c.refresh.get());
     let backends = server.add_service(background_service("backends", lb));
 
     let threads = server.configuration.threads;

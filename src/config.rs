@@ -6,7 +6,13 @@
 //! and by [`File`] here, which is strict: an unknown key, a wrong type or a bad
 //! value is an error that names the key path and the line.
 //!
-//! Defaults live in one place: the `default_*` functions below.
+//! Defaults live in one place: the `DEFAULT_*` constants, used by one
+//! `impl Default` per section (with `#[serde(default)]`, a missing key takes
+//! its section's default). Values are newtypes that check their bounds as
+//! they are parsed ([`Millis`], [`Count`], [`Weight`], [`ListenAddr`],
+//! [`BackendAddr`], [`Expiry`]), so nothing later can overflow on them. A
+//! test holds the README's configuration table to these defaults, and the
+//! field docs here say what a key means, not its default.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -81,7 +87,7 @@ impl<'de> Deserialize<'de> for File {
                     match key.as_str() {
                         "proxy" => proxy = Some(map.next_value::<ProxyConfig>()?),
                         "threads" => {
-                            map.next_value_seed(CountSeed(1, MAX_THREADS))?;
+                            map.next_value_seed(CountSeed(1, MAX_THREADS, ""))?;
                         }
                         k if PINGORA_KEYS.contains(&k) => {
                             map.next_value::<de::IgnoredAny>()?;
@@ -152,125 +158,78 @@ impl<'de> Visitor<'de> for UnknownKey {
 }
 
 /// Everything under `proxy:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// RTMP/TCP listen address. Default `0.0.0.0:1935`.
-    #[serde(default = "default_listen", deserialize_with = "listen_addr")]
-    pub listen: String,
+    /// RTMP/TCP listen address.
+    pub listen: ListenAddr,
     /// Public HTTP health listener: `GET /health` only (Route53, NLB).
-    /// Default `0.0.0.0:8000`.
-    #[serde(default = "default_health_listen", deserialize_with = "listen_addr")]
-    pub health_listen: String,
-    /// Private HTTP admin listener: `GET /backends`. Default `127.0.0.1:8001`.
+    pub health_listen: ListenAddr,
+    /// Private HTTP admin listener: `GET /backends`.
     /// Keep it off public interfaces: it lists backend addresses.
-    #[serde(default = "default_admin_listen", deserialize_with = "listen_addr")]
-    pub admin_listen: String,
-    /// Time allowed for one TCP connect to a backend. Default `10s`.
-    #[serde(
-        default = "default_connect_timeout",
-        deserialize_with = "duration_in::<_, 1, 300_000>"
-    )]
-    pub connect_timeout: Duration,
+    pub admin_listen: ListenAddr,
+    /// Time allowed for one TCP connect to a backend.
+    pub connect_timeout: Millis<1, 300_000>,
     /// A proxied connection with no bytes in either direction for this long is
     /// closed on both sides (checked every eighth of it, so the close comes
-    /// at most 1/8 later). Default `30s`.
-    #[serde(
-        default = "default_idle_timeout",
-        deserialize_with = "duration_in::<_, 100, 86_400_000>"
-    )]
-    pub idle_timeout: Duration,
+    /// at most 1/8 later).
+    pub idle_timeout: Millis<100, 86_400_000>,
     /// How a backend is chosen among the healthy ones with a free slot.
-    /// Default `roundrobin`.
-    #[serde(default)]
     pub balance: Balance,
     /// Global cap on proxied connections; clients over it wait in the queue.
     /// Default: unset, which amounts to the sum of the backends'
     /// `max_connections` (the replaced HAProxy design's `maxconn = number of
     /// servers`), since each backend's own cap already bounds it, and follows
     /// the fleet as discovery changes it. `0` also means unset.
-    #[serde(default, deserialize_with = "optional_count_in::<_, 0, 1_000_000>")]
-    pub max_connections: Option<usize>,
+    pub max_connections: Option<Count<0, 1_000_000>>,
     /// How long a client may wait in the queue for a free slot before it is
     /// closed (reason `queue_timeout`). Default: `connect_timeout`, like
     /// HAProxy's `timeout queue`.
-    #[serde(default, deserialize_with = "optional_duration_in::<_, 1, 86_400_000>")]
-    pub queue_timeout: Option<Duration>,
+    pub queue_timeout: Option<Millis<1, 86_400_000>>,
     /// How many clients may wait at once; one more is closed at once (reason
-    /// `queue_full`). `0` disables queueing. Default `1024`.
-    #[serde(
-        default = "default_max_queue",
-        deserialize_with = "count_in::<_, 0, 1_000_000>"
-    )]
-    pub max_queue: usize,
+    /// `queue_full`). `0` disables queueing.
+    pub max_queue: Count<0, 1_000_000>,
     /// A live connection whose backend takes none of the client's bytes for
     /// this long, while the client has bytes to send, is closed (reason
     /// `backend_stalled`) and the backend marked down: a hung media server
     /// (stopped, deadlocked, out of disk) then costs the encoder one
     /// reconnect, to another server, rather than `idle_timeout` of silence
-    /// and a reconnect to the same hung one. Default `10s`.
-    #[serde(
-        default = "default_stall_timeout",
-        deserialize_with = "duration_in::<_, 100, 86_400_000>"
-    )]
-    pub stall_timeout: Duration,
+    /// and a reconnect to the same hung one.
+    pub stall_timeout: Millis<100, 86_400_000>,
     /// Where the JSON access log goes: `stderr` (default), `off`, or a file
     /// path (appended to). One line per client connection when it ends.
-    #[serde(default = "default_access_log")]
     pub access_log: String,
     /// Time between two progress lines of a live connection in the access
-    /// log. Default `60s`.
-    #[serde(
-        default = "default_access_log_interval",
-        deserialize_with = "duration_in::<_, 100, 86_400_000>"
-    )]
-    pub access_log_interval: Duration,
+    /// log.
+    pub access_log_interval: Millis<100, 86_400_000>,
     /// After SIGTERM, how long the listener keeps accepting (and serving)
     /// new clients while `/health` already answers 503, so Route53 or the
-    /// NLB can move new publishers elsewhere first. Default `10s`.
-    #[serde(
-        default = "default_drain_delay",
-        deserialize_with = "duration_in::<_, 0, 3_600_000>"
-    )]
-    pub drain_delay: Duration,
+    /// NLB can move new publishers elsewhere first.
+    pub drain_delay: Millis<0, 3_600_000>,
     /// After the listeners close (SIGTERM, or SIGQUIT for an upgrade), live
     /// streams run on until they end or this much time has passed; then
-    /// they are cut and the process exits. Default `6h`.
-    #[serde(
-        default = "default_drain_timeout",
-        deserialize_with = "duration_in::<_, 0, 604_800_000>"
-    )]
-    pub drain_timeout: Duration,
+    /// they are cut and the process exits.
+    pub drain_timeout: Millis<0, 604_800_000>,
     /// Where backend slots are counted: this process only, or fleet-wide
     /// in Redis for several proxies behind one DNS name or load balancer.
-    #[serde(default)]
     pub slots: SlotsConfig,
     /// What clients speak: `rtmp` (default) takes a backend slot only after
     /// a valid RTMP C0+C1 and watches which stream a client publishes or
     /// plays; `tcp` proxies any bytes at once.
-    #[serde(default)]
     pub protocol: Protocol,
     /// `rtmp` only: how long a new client may take to send C0+C1 (1537
-    /// bytes) before it is closed (reason `handshake_timeout`). Default `5s`.
-    #[serde(
-        default = "default_handshake_timeout",
-        deserialize_with = "duration_in::<_, 100, 300_000>"
-    )]
-    pub handshake_timeout: Duration,
+    /// bytes) before it is closed (reason `handshake_timeout`).
+    pub handshake_timeout: Millis<100, 300_000>,
     /// PROXY protocol header sent first on every backend connection, so
     /// media servers see the client's address: `off` (default), `v1`
     /// (text) or `v2` (binary).
-    #[serde(default)]
     pub send_proxy: SendProxy,
     /// Active checks of every backend (TCP connect, or RTMP handshake).
-    #[serde(default)]
     pub health_check: HealthCheckConfig,
     /// Where backends come from.
-    #[serde(default)]
     pub backends: BackendsConfig,
     /// ECS task scale-in protection for the media servers holding live
     /// streams and for this proxy's own task. Off by default.
-    #[serde(default)]
     pub scale_in_protection: ProtectionConfig,
 }
 
@@ -326,36 +285,27 @@ pub enum SendProxy {
 }
 
 /// `proxy.health_check`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// What a check does: `tcp` connects; `rtmp` also sends C0+C1 and
     /// expects S0+S1 within `timeout`, so a media server that accepts
     /// connections but no longer answers (stopped, hung) is marked down.
     /// Default: `rtmp` when `proxy.protocol` is `rtmp`, else `tcp`.
-    #[serde(default)]
     pub kind: Option<CheckKind>,
-    /// Time between two TCP connect checks of a backend. Default `2s`.
-    #[serde(
-        default = "default_check_interval",
-        deserialize_with = "duration_in::<_, 100, 86_400_000>"
-    )]
-    pub interval: Duration,
+    /// Time between two TCP connect checks of a backend.
+    pub interval: Millis<100, 86_400_000>,
     /// Time allowed for one check: the connect, and with `kind: rtmp` the
-    /// server's S0+S1. Default `1s`.
-    #[serde(
-        default = "default_check_timeout",
-        deserialize_with = "duration_in::<_, 1, 300_000>"
-    )]
-    pub timeout: Duration,
+    /// server's S0+S1.
+    pub timeout: Millis<1, 300_000>,
 }
 
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         Self {
             kind: None,
-            interval: default_check_interval(),
-            timeout: default_check_timeout(),
+            interval: Millis::secs::<DEFAULT_CHECK_INTERVAL_SECS>(),
+            timeout: Millis::secs::<DEFAULT_CHECK_TIMEOUT_SECS>(),
         }
     }
 }
@@ -369,26 +319,18 @@ pub enum CheckKind {
 }
 
 /// `proxy.slots`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SlotsConfig {
     /// `local` (default): this process's own table. `redis`: leases in
     /// Redis shared by every proxy, so caps hold across the fleet.
-    #[serde(default)]
     pub store: SlotStore,
     /// `redis://host:6379/0` (or `rediss://` for TLS). Required for `redis`.
-    #[serde(default)]
     pub url: Option<String>,
     /// How long a stream's lease lives without renewal (renewed every
-    /// third of it): a crashed proxy's slots free after this. Default `15s`.
-    #[serde(
-        default = "default_lease",
-        deserialize_with = "duration_in::<_, 1_000, 3_600_000>"
-    )]
-    pub lease: Duration,
-    /// Prefix (and Redis Cluster hash tag) of every key. Default
-    /// `rtmp-proxy`.
-    #[serde(default = "default_key_prefix")]
+    /// third of it): a crashed proxy's slots free after this.
+    pub lease: Millis<1_000, 3_600_000>,
+    /// Prefix (and Redis Cluster hash tag) of every key.
     pub key_prefix: String,
 }
 
@@ -397,8 +339,8 @@ impl Default for SlotsConfig {
         Self {
             store: SlotStore::Local,
             url: None,
-            lease: default_lease(),
-            key_prefix: default_key_prefix(),
+            lease: Millis::secs::<DEFAULT_LEASE_SECS>(),
+            key_prefix: DEFAULT_KEY_PREFIX.into(),
         }
     }
 }
@@ -413,14 +355,13 @@ pub enum SlotStore {
 }
 
 /// `proxy.backends`: the sources of backends, combined.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackendsConfig {
     /// Backends listed in the file, in the order `first` balancing fills them.
-    #[serde(default, rename = "static")]
+    #[serde(rename = "static")]
     pub static_: Vec<StaticBackend>,
     /// Backends registered in AWS Cloud Map, polled every `refresh`.
-    #[serde(default)]
     pub cloud_map: Option<CloudMapConfig>,
 }
 
@@ -428,7 +369,7 @@ pub struct BackendsConfig {
 /// Map service (ECS service discovery registers each task). Credentials and
 /// region come from the AWS SDK's default chain (the ECS task role on
 /// Fargate, environment variables locally).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudMapConfig {
     /// Namespace name, e.g. `media.internal`.
@@ -443,34 +384,26 @@ pub struct CloudMapConfig {
     #[serde(default)]
     pub endpoint: Option<String>,
     /// Port used for an instance without an `AWS_INSTANCE_PORT` attribute.
-    /// Default `1935`.
-    #[serde(default = "default_cloud_map_port")]
+    #[serde(default = "CloudMapConfig::default_port")]
     pub port: u16,
     /// Which instances to ask for: `HEALTHY`, `UNHEALTHY`, `ALL` or
     /// `HEALTHY_OR_ELSE_ALL` (default: healthy ones, or all when none is,
     /// so a health-reporting outage does not empty the fleet).
     #[serde(default)]
     pub health_status: HealthStatus,
-    /// Time between two `DiscoverInstances` calls. Default `5s`.
-    #[serde(
-        default = "default_refresh",
-        deserialize_with = "duration_in::<_, 100, 3_600_000>"
-    )]
-    pub refresh: Duration,
+    /// Time between two `DiscoverInstances` calls.
+    #[serde(default = "CloudMapConfig::default_refresh")]
+    pub refresh: Millis<100, 3_600_000>,
     /// Attribute filters Cloud Map applies (`DiscoverInstances`'
     /// `QueryParameters`). Default none.
     #[serde(default)]
     pub query_parameters: std::collections::BTreeMap<String, String>,
-    /// Weight of an instance without a `weight` attribute. Default `10`.
-    #[serde(default = "default_weight", deserialize_with = "weight")]
-    pub weight: usize,
-    /// Cap of an instance without a `max_connections` attribute. Default `1`;
-    /// `0` = unlimited.
-    #[serde(
-        default = "default_backend_max_connections",
-        deserialize_with = "count_in::<_, 0, 1_000_000>"
-    )]
-    pub max_connections: usize,
+    /// Weight of an instance without a `weight` attribute.
+    #[serde(default)]
+    pub weight: Weight,
+    /// Cap of an instance without a `max_connections` attribute. `0` = unlimited.
+    #[serde(default)]
+    pub max_connections: BackendCap,
 }
 
 /// `proxy.backends.cloud_map.health_status`.
@@ -489,44 +422,28 @@ pub enum HealthStatus {
 /// protected while it holds a live stream and released `release_after` its
 /// last one ended; the proxy's own task is protected through the ECS agent
 /// while it holds streams, and released when it starts draining.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProtectionConfig {
-    /// Turns it on. Default `false`. The task role then needs
+    /// Turns it on. The task role then needs
     /// `ecs:UpdateTaskProtection` (and `ecs:GetTaskProtection`).
-    #[serde(default)]
     pub enabled: bool,
-    /// ECS cluster (name or ARN) of the media servers' tasks. Default `""`:
+    /// ECS cluster (name or ARN) of the media servers' tasks. Empty:
     /// each Cloud Map instance's `ECS_CLUSTER_NAME` attribute.
-    #[serde(default)]
     pub cluster: String,
     /// How long one enable protects a task (`expiresInMinutes`): whole
     /// minutes from `1m` to `2880m` (48 h). A proxy that dies without
-    /// releasing leaves its servers protected at most this long. Default
-    /// `60m`.
-    #[serde(
-        default = "default_protection_expires",
-        deserialize_with = "protection_expiry"
-    )]
-    pub expires: Duration,
+    /// releasing leaves its servers protected at most this long.
+    pub expires: Expiry,
     /// How often a protection is renewed while streams live. Default: half
     /// of `expires`; at least `1s` and shorter than `expires`.
-    #[serde(
-        default,
-        deserialize_with = "optional_duration_in::<_, 1_000, 172_800_000>"
-    )]
-    pub renew_every: Option<Duration>,
+    pub renew_every: Option<Millis<1_000, 172_800_000>>,
     /// How long a server (or the proxy itself) must stay without a stream
     /// before its protection is released, so a publisher that reconnects
-    /// does not make it flap. Default `30s`.
-    #[serde(
-        default = "default_release_after",
-        deserialize_with = "duration_in::<_, 0, 604_800_000>"
-    )]
-    pub release_after: Duration,
+    /// does not make it flap.
+    pub release_after: Millis<0, 604_800_000>,
     /// ECS API endpoint override (a local test double); the SDK also reads
     /// `AWS_ENDPOINT_URL_ECS`. Default: AWS.
-    #[serde(default)]
     pub endpoint: Option<String>,
 }
 
@@ -535,9 +452,9 @@ impl Default for ProtectionConfig {
         Self {
             enabled: false,
             cluster: String::new(),
-            expires: default_protection_expires(),
+            expires: Expiry(Duration::from_secs(DEFAULT_PROTECTION_EXPIRES_MINUTES * 60)),
             renew_every: None,
-            release_after: default_release_after(),
+            release_after: Millis::secs::<DEFAULT_RELEASE_AFTER_SECS>(),
             endpoint: None,
         }
     }
@@ -546,12 +463,12 @@ impl Default for ProtectionConfig {
 impl ProtectionConfig {
     /// The renewal period in force: `renew_every`, else half of `expires`.
     pub fn renew_every(&self) -> Duration {
-        self.renew_every.unwrap_or(self.expires / 2)
+        self.renew_every.map_or(self.expires.0 / 2, Millis::get)
     }
 
     /// `expires` as the API's `expiresInMinutes`.
     pub fn expires_in_minutes(&self) -> i32 {
-        i32::try_from(self.expires.as_secs() / 60).unwrap_or(MAX_PROTECTION_MINUTES)
+        i32::try_from(self.expires.0.as_secs() / 60).unwrap_or(MAX_PROTECTION_MINUTES)
     }
 }
 
@@ -559,98 +476,25 @@ impl ProtectionConfig {
 pub const MAX_PROTECTION_MINUTES: i32 = 2880;
 
 /// One entry of `proxy.backends.static`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticBackend {
     /// `IP:port` of the media server (no host names: nothing is resolved).
-    #[serde(deserialize_with = "socket_addr")]
-    pub addr: SocketAddr,
-    /// Relative share of new connections, 1 to 256. Default `10`.
-    #[serde(default = "default_weight", deserialize_with = "weight")]
-    pub weight: usize,
-    /// Most proxied connections this backend holds at once. Default `1` (one
-    /// ffmpeg per media server); `0` means unlimited.
-    #[serde(
-        default = "default_backend_max_connections",
-        deserialize_with = "count_in::<_, 0, 1_000_000>"
-    )]
-    pub max_connections: usize,
+    pub addr: BackendAddr,
+    /// Relative share of new connections, 1 to 256.
+    #[serde(default)]
+    pub weight: Weight,
+    /// Most proxied connections this backend holds at once. `0` means
+    /// unlimited.
+    #[serde(default)]
+    pub max_connections: BackendCap,
 }
-
-fn default_listen() -> String {
-    "0.0.0.0:1935".into()
-}
-fn default_health_listen() -> String {
-    "0.0.0.0:8000".into()
-}
-fn default_admin_listen() -> String {
-    "127.0.0.1:8001".into()
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_stall_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_queue() -> usize {
-    1024
-}
-fn default_access_log() -> String {
-    "stderr".into()
-}
-fn default_access_log_interval() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_lease() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_key_prefix() -> String {
-    "rtmp-proxy".into()
-}
-fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_drain_delay() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_drain_timeout() -> Duration {
-    Duration::from_secs(6 * 3600)
-}
-fn default_protection_expires() -> Duration {
-    Duration::from_secs(60 * 60)
-}
-fn default_release_after() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_check_interval() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_check_timeout() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_cloud_map_port() -> u16 {
-    1935
-}
-fn default_refresh() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_weight() -> usize {
-    10
-}
-fn default_backend_max_connections() -> usize {
-    1
-}
-
-/// Highest backend weight, as in HAProxy.
-pub const MAX_WEIGHT: usize = 256;
 
 impl ProxyConfig {
     /// The queue timeout in force: `queue_timeout`, else `connect_timeout`.
     pub fn queue_timeout(&self) -> Duration {
-        self.queue_timeout.unwrap_or(self.connect_timeout)
+        self.queue_timeout
+            .map_or(self.connect_timeout.get(), Millis::get)
     }
 
     /// The health check in force: `health_check.kind`, else the one that
@@ -664,7 +508,7 @@ impl ProxyConfig {
 
     /// The explicit global cap, `None` when only the backends' caps apply.
     pub fn global_cap(&self) -> Option<usize> {
-        self.max_connections.filter(|&n| n != 0)
+        self.max_connections.map(Count::get).filter(|&n| n != 0)
     }
 }
 
@@ -732,11 +576,11 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
     }
     let p = &proxy.scale_in_protection;
     let renew = p.renew_every();
-    if renew < Duration::from_secs(1) || renew >= p.expires {
+    if renew < Duration::from_secs(1) || renew >= p.expires.get() {
         return Err(ConfigError(format!(
             "proxy.scale_in_protection.renew_every: {} must be at least 1s and shorter than expires ({})",
             humantime::format_duration(renew),
-            humantime::format_duration(p.expires)
+            humantime::format_duration(p.expires.get())
         )));
     }
     Ok(proxy)
@@ -782,7 +626,7 @@ fn check_duplicate_backends(list: &[StaticBackend]) -> Result<(), ConfigError> {
         if let Some(j) = list[..i].iter().position(|a| a.addr == b.addr) {
             return Err(ConfigError(format!(
                 "proxy.backends.static[{i}].addr: {} is listed twice (also proxy.backends.static[{j}])",
-                b.addr
+                b.addr.0
             )));
         }
     }
@@ -804,8 +648,73 @@ fn bare_message(e: &serde_yaml::Error) -> String {
     }
 }
 
-// Value parsers. Each fails inside a `Visitor`, so that serde_yaml reports
-// the line of the value itself rather than of the enclosing mapping.
+// Defaults, one place each. The README's configuration table is checked
+// against them (tests/config_check.rs).
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:1935";
+pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:8000";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8001";
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_MAX_QUEUE: usize = 1024;
+pub const DEFAULT_ACCESS_LOG: &str = "stderr";
+pub const DEFAULT_ACCESS_LOG_INTERVAL_SECS: u64 = 60;
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_DRAIN_DELAY_SECS: u64 = 10;
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 6 * 3600;
+pub const DEFAULT_LEASE_SECS: u64 = 15;
+pub const DEFAULT_KEY_PREFIX: &str = "rtmp-proxy";
+pub const DEFAULT_CHECK_INTERVAL_SECS: u64 = 2;
+pub const DEFAULT_CHECK_TIMEOUT_SECS: u64 = 1;
+pub const DEFAULT_CLOUD_MAP_PORT: u16 = 1935;
+pub const DEFAULT_CLOUD_MAP_REFRESH_SECS: u64 = 5;
+pub const DEFAULT_WEIGHT: usize = 10;
+/// One ffmpeg per media server.
+pub const DEFAULT_BACKEND_MAX_CONNECTIONS: usize = 1;
+pub const DEFAULT_PROTECTION_EXPIRES_MINUTES: u64 = 60;
+pub const DEFAULT_RELEASE_AFTER_SECS: u64 = 30;
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr(DEFAULT_LISTEN.into()),
+            health_listen: ListenAddr(DEFAULT_HEALTH_LISTEN.into()),
+            admin_listen: ListenAddr(DEFAULT_ADMIN_LISTEN.into()),
+            connect_timeout: Millis::secs::<DEFAULT_CONNECT_TIMEOUT_SECS>(),
+            idle_timeout: Millis::secs::<DEFAULT_IDLE_TIMEOUT_SECS>(),
+            balance: Balance::default(),
+            max_connections: None,
+            queue_timeout: None,
+            max_queue: Count(DEFAULT_MAX_QUEUE),
+            stall_timeout: Millis::secs::<DEFAULT_STALL_TIMEOUT_SECS>(),
+            access_log: DEFAULT_ACCESS_LOG.into(),
+            access_log_interval: Millis::secs::<DEFAULT_ACCESS_LOG_INTERVAL_SECS>(),
+            drain_delay: Millis::secs::<DEFAULT_DRAIN_DELAY_SECS>(),
+            drain_timeout: Millis::secs::<DEFAULT_DRAIN_TIMEOUT_SECS>(),
+            slots: SlotsConfig::default(),
+            protocol: Protocol::default(),
+            handshake_timeout: Millis::secs::<DEFAULT_HANDSHAKE_TIMEOUT_SECS>(),
+            send_proxy: SendProxy::default(),
+            health_check: HealthCheckConfig::default(),
+            backends: BackendsConfig::default(),
+            scale_in_protection: ProtectionConfig::default(),
+        }
+    }
+}
+
+impl CloudMapConfig {
+    fn default_port() -> u16 {
+        DEFAULT_CLOUD_MAP_PORT
+    }
+
+    fn default_refresh() -> Millis<100, 3_600_000> {
+        Millis::secs::<DEFAULT_CLOUD_MAP_REFRESH_SECS>()
+    }
+}
+
+// Values. Each fails inside a `Visitor`, so that serde_yaml reports the
+// line of the value itself rather than of the enclosing mapping.
 
 struct StrVisitor<F>(&'static str, F);
 
@@ -824,16 +733,42 @@ fn parse_socket_addr(v: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("invalid socket address {v:?} (expected IP:port)"))
 }
 
-fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    d.deserialize_str(StrVisitor("a socket address IP:port", parse_socket_addr))
+/// A backend's `IP:port` (nothing is resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendAddr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for BackendAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor("a socket address IP:port", |v: &str| {
+            parse_socket_addr(v).map(BackendAddr)
+        }))
+    }
 }
 
-/// Listen addresses stay strings: Pingora hands listening sockets to a new
-/// process by their exact address text.
-fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    d.deserialize_str(StrVisitor("a socket address IP:port", |v: &str| {
-        parse_socket_addr(v).map(|_| v.to_string())
-    }))
+/// A listen address, kept as written: Pingora hands listening sockets to a
+/// new process by their exact address text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr(String);
+
+impl std::ops::Deref for ListenAddr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor("a socket address IP:port", |v: &str| {
+            parse_socket_addr(v).map(|_| ListenAddr(v.to_string()))
+        }))
+    }
 }
 
 pub(crate) fn parse_duration(v: &str) -> Result<Duration, String> {
@@ -844,31 +779,43 @@ pub(crate) fn parse_duration(v: &str) -> Result<Duration, String> {
 /// A duration from `MIN` to `MAX` milliseconds: every duration key has
 /// bounds, so no later `Instant + d` or `d * n` can overflow, and none is
 /// zero where zero would make no sense.
-fn duration_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
-    d: D,
-) -> Result<Duration, D::Error> {
-    d.deserialize_str(StrVisitor("a duration such as 10s or 500ms", |v: &str| {
-        let d = parse_duration(v)?;
-        let (min, max) = (Duration::from_millis(MIN), Duration::from_millis(MAX));
-        if d < min || d > max {
-            return Err(format!(
-                "{v:?} out of range ({} to {})",
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ));
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Millis<const MIN: u64, const MAX: u64>(Duration);
+
+impl<const MIN: u64, const MAX: u64> Millis<MIN, MAX> {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+
+    /// A default of `N` seconds, checked against the bounds at compile
+    /// time.
+    const fn secs<const N: u64>() -> Self {
+        const {
+            assert!(N.saturating_mul(1000) >= MIN && N.saturating_mul(1000) <= MAX);
         }
-        Ok(d)
-    }))
+        Self(Duration::from_secs(N))
+    }
 }
 
-fn optional_duration_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
-    d: D,
-) -> Result<Option<Duration>, D::Error> {
-    duration_in::<D, MIN, MAX>(d).map(Some)
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Millis<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor("a duration such as 10s or 500ms", |v: &str| {
+            let d = parse_duration(v)?;
+            let (min, max) = (Duration::from_millis(MIN), Duration::from_millis(MAX));
+            if d < min || d > max {
+                return Err(format!(
+                    "{v:?} out of range ({} to {})",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ));
+            }
+            Ok(Self(d))
+        }))
+    }
 }
 
 /// An integer from `.0` to `.1`.
-struct CountSeed(u64, u64);
+struct CountSeed(u64, u64, &'static str);
 
 impl<'de> de::DeserializeSeed<'de> for CountSeed {
     type Value = usize;
@@ -886,8 +833,8 @@ impl Visitor<'_> for CountSeed {
         match usize::try_from(v) {
             Ok(n) if (self.0..=self.1).contains(&v) => Ok(n),
             _ => Err(E::custom(format!(
-                "{v} out of range ({} to {})",
-                self.0, self.1
+                "{}{v} out of range ({} to {})",
+                self.2, self.0, self.1
             ))),
         }
     }
@@ -895,27 +842,83 @@ impl Visitor<'_> for CountSeed {
         match u64::try_from(v) {
             Ok(v) => self.visit_u64(v),
             Err(_) => Err(E::custom(format!(
-                "{v} out of range ({} to {})",
-                self.0, self.1
+                "{}{v} out of range ({} to {})",
+                self.2, self.0, self.1
             ))),
         }
     }
 }
 
-fn count_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
-    d: D,
-) -> Result<usize, D::Error> {
-    de::DeserializeSeed::deserialize(CountSeed(MIN, MAX), d)
+/// A count from `MIN` to `MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Count<const MIN: u64, const MAX: u64>(usize);
+
+impl<const MIN: u64, const MAX: u64> Count<MIN, MAX> {
+    pub fn get(self) -> usize {
+        self.0
+    }
 }
 
-fn optional_count_in<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
-    d: D,
-) -> Result<Option<usize>, D::Error> {
-    count_in::<D, MIN, MAX>(d).map(Some)
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Count<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de::DeserializeSeed::deserialize(CountSeed(MIN, MAX, ""), d).map(Self)
+    }
 }
 
-/// `expiresInMinutes` as a duration: whole minutes, 1 to 2,880.
-fn parse_protection_expiry(v: &str) -> Result<Duration, String> {
+/// Most connections a backend holds at once; `0` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendCap(pub usize);
+
+impl Default for BackendCap {
+    fn default() -> Self {
+        Self(DEFAULT_BACKEND_MAX_CONNECTIONS)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendCap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de::DeserializeSeed::deserialize(CountSeed(0, MAX_BACKEND_CONNECTIONS as u64, ""), d)
+            .map(Self)
+    }
+}
+
+/// Highest backend weight (config key and Cloud Map attribute). Pingora's
+/// weighted selection repeats each backend `weight` times in a table, so
+/// unbounded weights cost memory; 256 is HAProxy's ceiling, which
+/// operators already know.
+pub const MAX_WEIGHT: usize = 256;
+
+/// Highest `max_connections` of a backend (config key and Cloud Map
+/// attribute).
+pub const MAX_BACKEND_CONNECTIONS: usize = 1_000_000;
+
+/// A backend's relative share of new connections, 1 to [`MAX_WEIGHT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weight(pub usize);
+
+impl Default for Weight {
+    fn default() -> Self {
+        Self(DEFAULT_WEIGHT)
+    }
+}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de::DeserializeSeed::deserialize(CountSeed(1, MAX_WEIGHT as u64, "weight "), d).map(Self)
+    }
+}
+
+/// A protection's life (`expiresInMinutes`): whole minutes, 1 to 2,880.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry(Duration);
+
+impl Expiry {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+fn parse_protection_expiry(v: &str) -> Result<Expiry, String> {
     let d = parse_duration(v)?;
     let minutes = d.as_secs() / 60;
     if d.subsec_nanos() != 0 || d.as_secs() % 60 != 0 {
@@ -926,38 +929,16 @@ fn parse_protection_expiry(v: &str) -> Result<Duration, String> {
             "{v:?} out of range (1m to {MAX_PROTECTION_MINUTES}m, the ECS limit)"
         ));
     }
-    Ok(d)
+    Ok(Expiry(d))
 }
 
-fn protection_expiry<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_str(StrVisitor(
-        "a whole number of minutes such as 60m",
-        parse_protection_expiry,
-    ))
-}
-
-fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    struct W;
-    impl Visitor<'_> for W {
-        type Value = usize;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "an integer from 1 to {MAX_WEIGHT}")
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
-            match usize::try_from(v) {
-                Ok(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(w),
-                _ => Err(E::custom(format!(
-                    "weight {v} out of range (1 to {MAX_WEIGHT})"
-                ))),
-            }
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
-            u64::try_from(v)
-                .map_err(|_| E::custom(format!("weight {v} out of range (1 to {MAX_WEIGHT})")))
-                .and_then(|v| self.visit_u64(v))
-        }
+impl<'de> Deserialize<'de> for Expiry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor(
+            "a whole number of minutes such as 60m",
+            parse_protection_expiry,
+        ))
     }
-    d.deserialize_u64(W)
 }
 
 #[cfg(test)]
@@ -971,27 +952,11 @@ mod tests {
     }
 
     #[test]
-    fn defaults() {
-        let c = parse("proxy: {}\n").unwrap();
-        assert_eq!(c.listen, "0.0.0.0:1935");
-        assert_eq!(c.health_listen, "0.0.0.0:8000");
-        assert_eq!(c.admin_listen, "127.0.0.1:8001");
-        assert_eq!(c.connect_timeout, Duration::from_secs(10));
-        assert_eq!(c.queue_timeout(), Duration::from_secs(10));
-        assert_eq!(c.balance, Balance::Roundrobin);
-        assert_eq!(c.max_queue, 1024);
-        assert_eq!(c.health_check.interval, Duration::from_secs(2));
-        assert_eq!(c.protocol, Protocol::Rtmp);
-        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
-        assert_eq!(c.send_proxy, SendProxy::Off);
-    }
-
-    #[test]
     fn rtmp_keys() {
         let c = parse("proxy:\n  protocol: tcp\n  handshake_timeout: 750ms\n  send_proxy: v2\n")
             .unwrap();
         assert_eq!(
-            (c.protocol, c.handshake_timeout, c.send_proxy),
+            (c.protocol, c.handshake_timeout.get(), c.send_proxy),
             (Protocol::Tcp, Duration::from_millis(750), SendProxy::V2)
         );
         // YAML 1.2: `off` is a string, not a boolean.
@@ -1019,8 +984,8 @@ mod tests {
             "version: 1\nthreads: 2\nproxy:\n  backends:\n    static:\n      - addr: 127.0.0.1:1\n",
         )
         .unwrap();
-        assert_eq!(c.backends.static_[0].weight, 10);
-        assert_eq!(c.backends.static_[0].max_connections, 1);
+        assert_eq!(c.backends.static_[0].weight, Weight(10));
+        assert_eq!(c.backends.static_[0].max_connections, BackendCap(1));
     }
 
     #[test]
@@ -1062,7 +1027,7 @@ mod tests {
         let c = parse("proxy:\n  backends:\n    cloud_map:\n      namespace: media.internal\n      service: rtmp-server\n      health_status: HEALTHY\n").unwrap();
         let cm = c.backends.cloud_map.unwrap();
         assert_eq!(
-            (cm.port, cm.refresh, cm.health_status),
+            (cm.port, cm.refresh.get(), cm.health_status),
             (1935, Duration::from_secs(5), HealthStatus::Healthy)
         );
         let e = err("proxy:\n  backends:\n    cloud_map:\n      namespace: n\n      service: s\n      health_status: GREEN\n");
@@ -1082,7 +1047,7 @@ mod tests {
         let p = parse("proxy: {}\n").unwrap().scale_in_protection;
         assert!(!p.enabled);
         assert_eq!(
-            (p.expires, p.renew_every(), p.release_after),
+            (p.expires.get(), p.renew_every(), p.release_after.get()),
             (
                 Duration::from_secs(3600),
                 Duration::from_secs(1800),
@@ -1143,12 +1108,12 @@ mod tests {
         assert!(e.contains("out of range (100ms to 1day)"), "{e}");
         // Zero is meaningful here: no delay, cut at once.
         let c = parse("proxy:\n  drain_delay: 0s\n  drain_timeout: 0s\n").unwrap();
-        assert_eq!(c.drain_timeout, Duration::ZERO);
+        assert_eq!(c.drain_timeout.get(), Duration::ZERO);
         // Values the repo's own configs and benches use.
         let c =
             parse("proxy:\n  health_check:\n    interval: 3600s\n  access_log_interval: 300ms\n")
                 .unwrap();
-        assert_eq!(c.health_check.interval, Duration::from_secs(3600));
+        assert_eq!(c.health_check.interval.get(), Duration::from_secs(3600));
     }
 
     #[test]

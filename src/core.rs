@@ -46,9 +46,9 @@ impl Core {
             .static_
             .iter()
             .map(|b| Member {
-                addr: b.addr,
-                weight: b.weight,
-                max_connections: b.max_connections,
+                addr: b.addr.0,
+                weight: b.weight.0,
+                max_connections: b.max_connections.0,
                 source: "static".into(),
                 task: None,
             })
@@ -59,12 +59,12 @@ impl Core {
         let handoff = Handoff::new("", table.clone(), streams.clone());
         Ok(Arc::new(Core {
             settings: Settings::from(config),
-            lifecycle: Lifecycle::new(config.drain_delay, config.drain_timeout, exit),
+            lifecycle: Lifecycle::new(config.drain_delay.get(), config.drain_timeout.get(), exit),
             handoff,
             shared: None,
             access_log: Arc::new(AccessLog::open(
                 &config.access_log,
-                config.access_log_interval,
+                config.access_log_interval.get(),
             )?),
             streams,
             protection: None,
@@ -80,7 +80,7 @@ pub fn slot_table(config: &ProxyConfig) -> Arc<SlotTable> {
         policy::from_config(config.balance),
         Limits {
             global_cap: config.global_cap(),
-            max_queue: config.max_queue,
+            max_queue: config.max_queue.get(),
         },
     )
 }
@@ -102,10 +102,10 @@ impl From<&ProxyConfig> for Settings {
         Self {
             protocol: c.protocol,
             send_proxy: c.send_proxy,
-            handshake_timeout: c.handshake_timeout,
-            connect_timeout: c.connect_timeout,
-            idle_timeout: c.idle_timeout,
-            stall_timeout: c.stall_timeout,
+            handshake_timeout: c.handshake_timeout.get(),
+            connect_timeout: c.connect_timeout.get(),
+            idle_timeout: c.idle_timeout.get(),
+            stall_timeout: c.stall_timeout.get(),
             queue_timeout: c.queue_timeout(),
         }
     }

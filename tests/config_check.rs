@@ -111,3 +111,81 @@ fn an_endless_file_is_cut_off() {
         "{out}"
     );
 }
+
+/// The README's configuration table and the code's defaults agree: for
+/// every key whose stated default is a value (one `code` span), a file
+/// setting the key to that value parses to the same configuration as a file
+/// without it. Keys whose default is prose (`unset`, `required`, "half of
+/// `expires`") or another key (`connect_timeout`) are skipped.
+#[test]
+fn the_readme_states_the_defaults_of_the_code() {
+    use rtmp_proxy::config::parse;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("## Configuration reference")
+        .nth(1)
+        .and_then(|rest| rest.split("**Bounds.**").next())
+        .expect("README's configuration reference");
+    let rows: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("| `proxy."))
+        .collect();
+    // A default that names another key (`connect_timeout`) is a reference.
+    let names: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.split('`').nth(1)?.rsplit('.').next())
+        .collect();
+    let mut checked = Vec::new();
+    for row in rows {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let key = cells[0].trim_start_matches("| ").trim_matches('`');
+        let default = cells[1];
+        let is_value = default.len() > 2
+            && default.starts_with('`')
+            && default.ends_with('`')
+            && default.matches('`').count() == 2;
+        if !is_value {
+            continue;
+        }
+        let value = default.trim_matches('`');
+        if names.contains(&value) {
+            continue;
+        }
+        let (base, with) = yaml_with(key, value);
+        let base_config = parse(&base).unwrap_or_else(|e| panic!("{key}: {base}\n{e}"));
+        let stated = parse(&with).unwrap_or_else(|e| panic!("{key}: {with}\n{e}"));
+        assert_eq!(
+            stated, base_config,
+            "README.md says {key} defaults to {default}, the code disagrees"
+        );
+        checked.push(key);
+    }
+    // Most keys have a value as default; a parse of the table that found
+    // none would prove nothing.
+    assert!(checked.len() >= 30, "only {checked:?} checked");
+}
+
+/// A config without `key`, and one with `key: value`, in the smallest
+/// context the key needs.
+fn yaml_with(key: &str, value: &str) -> (String, String) {
+    if let Some(field) = key.strip_prefix("proxy.backends.static[].") {
+        let base = "proxy:\n  backends:\n    static:\n      - addr: \"127.0.0.1:1\"\n";
+        return (base.into(), format!("{base}        {field}: {value}\n"));
+    }
+    if let Some(field) = key.strip_prefix("proxy.backends.cloud_map.") {
+        let base = "proxy:\n  backends:\n    cloud_map:\n      namespace: n\n      service: s\n";
+        return (base.into(), format!("{base}      {field}: {value}\n"));
+    }
+    let path: Vec<&str> = key.trim_end_matches("[]").split('.').collect();
+    let mut with = String::new();
+    for (depth, part) in path.iter().enumerate() {
+        let indent = "  ".repeat(depth);
+        if depth + 1 == path.len() {
+            with.push_str(&format!("{indent}{part}: {value}\n"));
+        } else {
+            with.push_str(&format!("{indent}{part}:\n"));
+        }
+    }
+    ("proxy: {}\n".into(), with)
+}

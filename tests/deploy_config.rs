@@ -49,7 +49,7 @@ fn deploy_config_fits_the_fargate_service() {
     // After SIGTERM the proxy accepts for drain_delay, then drains for up
     // to drain_timeout; it must be done (and have cut what is left itself)
     // before ECS's SIGKILL, with a margin for closing and exiting.
-    let drain = proxy.drain_delay + proxy.drain_timeout;
+    let drain = proxy.drain_delay.get() + proxy.drain_timeout.get();
     assert!(
         drain + Duration::from_secs(10) <= Duration::from_secs(stop_timeout),
         "drain_delay + drain_timeout = {drain:?} leaves under 10 s before StopTimeout {stop_timeout} s"

@@ -32,7 +32,9 @@ use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::Backend;
 
 use crate::balancer::Member;
-use crate::config::{CloudMapConfig, HealthStatus};
+use crate::config::{
+    CloudMapConfig, HealthStatus, MAX_BACKEND_CONNECTIONS as MAX_CONNECTIONS, MAX_WEIGHT,
+};
 
 /// Attribute names Cloud Map (and ECS when it registers tasks) use.
 pub const ATTR_IPV4: &str = "AWS_INSTANCE_IPV4";
@@ -42,14 +44,6 @@ pub const ATTR_CLUSTER: &str = "ECS_CLUSTER_NAME";
 /// Custom attributes an operator may set on an instance.
 pub const ATTR_WEIGHT: &str = "weight";
 pub const ATTR_MAX_CONNECTIONS: &str = "max_connections";
-
-/// Upper bound for the `weight` attribute. Pingora's weighted selection repeats
-/// each backend `weight` times in a table, so unbounded weights cost memory;
-/// 256 is HAProxy's ceiling, which operators of the current setup already know.
-pub const MAX_WEIGHT: usize = 256;
-
-/// Upper bound for the `max_connections` attribute, as for the config key.
-pub const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// DiscoverInstances' documented maximum. Without it AWS returns at most 100.
 const MAX_RESULTS: i32 = 1000;
@@ -469,7 +463,7 @@ struct PollState {
 
 impl CloudMapDiscovery {
     pub fn new(settings: CloudMapConfig) -> Self {
-        let refresh = settings.refresh;
+        let refresh = settings.refresh.get();
         Self {
             settings,
             client: tokio::sync::OnceCell::new(),
@@ -493,16 +487,17 @@ impl CloudMapDiscovery {
     fn timeout(&self) -> Duration {
         self.settings
             .refresh
+            .get()
             .clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
 
     fn member(&self, instance: &Instance) -> Member {
         Member {
             addr: instance.addr,
-            weight: instance.weight.unwrap_or(self.settings.weight),
+            weight: instance.weight.unwrap_or(self.settings.weight.0),
             max_connections: instance
                 .max_connections
-                .unwrap_or(self.settings.max_connections),
+                .unwrap_or(self.settings.max_connections.0),
             source: instance.id.clone(),
             // ECS service discovery registers each task under its task id.
             task: Some(crate::balancer::TaskRef {

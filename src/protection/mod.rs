@@ -111,7 +111,7 @@ impl Protection {
         });
         info!(
             "scale-in protection on: media servers protected for {} while they hold streams, renewed every {}, {can_release}",
-            humantime::format_duration(me.settings.expires),
+            humantime::format_duration(me.settings.expires.get()),
             humantime::format_duration(me.settings.renew_every()),
         );
         handle.spawn(me.clone().media_loop());
@@ -346,8 +346,10 @@ impl Protection {
             }
             if enable {
                 let was = media.protected_until(&k, wall);
-                let until =
-                    until.unwrap_or(wall.checked_add(self.settings.expires).unwrap_or(wall));
+                let until = until.unwrap_or(
+                    wall.checked_add(self.settings.expires.get())
+                        .unwrap_or(wall),
+                );
                 media.enabled(&k, until, now);
                 if was.is_none() {
                     info!(
@@ -425,7 +427,8 @@ impl Protection {
                             me.enabled(
                                 &(),
                                 until.unwrap_or(
-                                    wall.checked_add(self.settings.expires).unwrap_or(wall),
+                                    wall.checked_add(self.settings.expires.get())
+                                        .unwrap_or(wall),
                                 ),
                                 now,
                             );
@@ -468,9 +471,9 @@ impl Protection {
 
 fn timing(s: &ProtectionConfig) -> Timing {
     Timing {
-        expires: s.expires,
+        expires: s.expires.get(),
         renew_every: s.renew_every(),
-        release_after: s.release_after,
+        release_after: s.release_after.get(),
     }
 }
 
