@@ -43,6 +43,8 @@
 //! - [`protection`]: ECS task scale-in protection for busy media servers
 //!   and for the proxy's own task, on its own runtime thread.
 //! - [`runtime`]: the dedicated runtimes such work runs on.
+//! - [`aws`]: the AWS SDK config and error text Cloud Map discovery and
+//!   scale-in protection share; [`backoff`]: their retry delays.
 
 // Nothing outside tests may panic on input: unwrap, expect and panic are
 // denied (the `rtmp` parser also denies indexing and unchecked arithmetic).
@@ -55,6 +57,8 @@
 
 pub mod access_log;
 pub mod app;
+pub mod aws;
+pub mod backoff;
 pub mod balancer;
 pub mod config;
 pub mod core;

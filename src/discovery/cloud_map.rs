@@ -1,7 +1,7 @@
 //! AWS Cloud Map discovery: one `DiscoverInstances` call per poll, turned into
 //! socket addresses plus the per-instance limits the load balancer needs.
 //!
-//! The caller owns the poll loop and its backoff ([`Backoff`]); the SDK client is
+//! The caller owns the poll loop and its backoff ([`crate::backoff::Backoff`]); the SDK client is
 //! therefore configured with a short retry budget and a per-call timeout so the
 //! two layers of retries do not multiply.
 
@@ -10,8 +10,6 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_servicediscovery::config::endpoint::Params as EndpointParams;
 use aws_sdk_servicediscovery::error::SdkError;
@@ -31,6 +29,7 @@ use std::collections::BTreeSet;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::Backend;
 
+use crate::backoff::Backoff;
 use crate::balancer::Member;
 use crate::config::{
     CloudMapConfig, HealthStatus, MAX_BACKEND_CONNECTIONS as MAX_CONNECTIONS, MAX_WEIGHT,
@@ -47,11 +46,6 @@ pub const ATTR_MAX_CONNECTIONS: &str = "max_connections";
 
 /// DiscoverInstances' documented maximum. Without it AWS returns at most 100.
 const MAX_RESULTS: i32 = 1000;
-
-/// One SDK retry absorbs a stale pooled connection; anything longer-lived is the
-/// caller's backoff's business.
-const SDK_MAX_ATTEMPTS: u32 = 2;
-const SDK_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 
 fn health_filter(status: HealthStatus) -> HealthStatusFilter {
     match status {
@@ -287,20 +281,13 @@ impl CloudMapClient {
         timeout: Duration,
         loader: aws_config::ConfigLoader,
     ) -> Self {
-        let mut loader = loader
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(SDK_MAX_ATTEMPTS)
-                    .with_initial_backoff(SDK_INITIAL_BACKOFF),
-            )
-            .timeout_config(TimeoutConfig::builder().operation_timeout(timeout).build());
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &settings.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let sdk_config = loader.load().await;
+        let sdk_config = crate::aws::load(
+            loader,
+            timeout,
+            settings.region.as_deref(),
+            settings.endpoint.as_deref(),
+        )
+        .await;
         // The interceptor decides per call whether a custom endpoint is in effect,
         // which covers settings.endpoint, AWS_ENDPOINT_URL_SERVICEDISCOVERY,
         // AWS_ENDPOINT_URL and profile `endpoint_url` alike without re-implementing
@@ -381,59 +368,6 @@ impl Intercept for NoHostPrefixForCustomEndpoint {
             cfg.interceptor_state().unset::<EndpointPrefix>();
         }
         Ok(())
-    }
-}
-
-/// Capped exponential backoff with "equal jitter": the n-th delay is uniform in
-/// `[e/2, e]` where `e = min(cap, base * 2^n)`. Unlike full jitter it never
-/// retries almost immediately, which matters when the failure is throttling; and
-/// since each range starts where the previous one ended, delays never shrink
-/// before the cap.
-///
-/// Jitter comes from `fastrand`: aws-config and aws-runtime already depend on
-/// it, so it adds nothing to the build, and it needs no cryptographic quality.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-    rng: fastrand::Rng,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Self::with_rng(base, cap, fastrand::Rng::new())
-    }
-
-    fn with_rng(base: Duration, cap: Duration, rng: fastrand::Rng) -> Self {
-        Self {
-            base: base.min(cap),
-            cap,
-            attempt: 0,
-            rng,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        // Stop counting once capped so the shift below cannot overflow on a
-        // registry that stays down for days.
-        if ceiling < self.cap && !ceiling.is_zero() {
-            self.attempt += 1;
-        }
-        let half = ceiling / 2;
-        let spread = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(self.rng.u64(0..=spread))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    fn ceiling(&self) -> Duration {
-        1u32.checked_shl(self.attempt)
-            .and_then(|factor| self.base.checked_mul(factor))
-            .map_or(self.cap, |d| d.min(self.cap))
     }
 }
 
@@ -791,61 +725,5 @@ mod tests {
             discover_uri(Some("http://127.0.0.1:4566")).await,
             "http://127.0.0.1:4566/"
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_stays_under_cap() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(5);
-        for seed in 0..200 {
-            let mut b = Backoff::with_rng(base, cap, fastrand::Rng::with_seed(seed));
-            let mut previous = Duration::ZERO;
-            let mut ceiling = base;
-            for _ in 0..40 {
-                let d = b.next_delay();
-                assert!(d <= cap, "seed {seed}: {d:?} above cap");
-                assert!(
-                    d <= ceiling && d >= ceiling / 2,
-                    "seed {seed}: {d:?} vs {ceiling:?}"
-                );
-                if ceiling < cap {
-                    assert!(
-                        d >= previous,
-                        "seed {seed}: shrank from {previous:?} to {d:?}"
-                    );
-                }
-                previous = d;
-                ceiling = (ceiling * 2).min(cap);
-            }
-        }
-    }
-
-    #[test]
-    fn backoff_reset_starts_over() {
-        let base = Duration::from_millis(100);
-        let mut b = Backoff::new(base, Duration::from_secs(5));
-        for _ in 0..10 {
-            b.next_delay();
-        }
-        assert!(b.next_delay() >= Duration::from_millis(2500));
-        b.reset();
-        let d = b.next_delay();
-        assert!(d >= base / 2 && d <= base, "{d:?}");
-    }
-
-    #[test]
-    fn backoff_edge_cases() {
-        // base above cap is clamped rather than producing delays above cap.
-        let mut b = Backoff::new(Duration::from_secs(10), Duration::from_secs(1));
-        assert!(b.next_delay() <= Duration::from_secs(1));
-        // A huge cap must not overflow however long the outage lasts.
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::MAX);
-        for _ in 0..200 {
-            b.next_delay();
-        }
-        let mut b = Backoff::new(Duration::ZERO, Duration::from_secs(1));
-        for _ in 0..100 {
-            assert_eq!(b.next_delay(), Duration::ZERO);
-        }
     }
 }

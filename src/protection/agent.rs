@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
-use super::ecs::{outcome_of_code, CallError, Outcome};
+use super::outcome::{outcome_of_code, CallError, Outcome};
 
 /// The environment variable ECS sets in every container of a task.
 pub const ENV: &str = "ECS_AGENT_URI";
@@ -95,7 +95,7 @@ impl Agent {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| crate::aws::error_chain(&e))?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
@@ -180,17 +180,6 @@ struct ErrorBody {
     code: Option<String>,
     #[serde(rename = "Message", default)]
     message: Option<String>,
-}
-
-/// hyper-util's errors say "client error (Connect)"; the cause says why.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut err = e;
-    while let Some(cause) = err.source() {
-        text.push_str(&format!(": {cause}"));
-        err = cause;
-    }
-    text
 }
 
 #[cfg(test)]

@@ -6,74 +6,10 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 
-/// How one call ended, as counted in
-/// `rtmp_proxy_scale_in_protection_calls_total{result}`. Bounded on purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every task in the call was updated.
-    Ok,
-    /// The call succeeded but ECS refused some tasks (`failures` in the
-    /// answer: a stopped task, one outside a service).
-    TaskFailure,
-    Throttled,
-    AccessDenied,
-    /// Anything else: another service error, a timeout, no connection.
-    Error,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::TaskFailure => "task_failure",
-            Outcome::Throttled => "throttled",
-            Outcome::AccessDenied => "access_denied",
-            Outcome::Error => "error",
-        }
-    }
-}
-
-/// A call that did not go through.
-#[derive(Debug, Clone)]
-pub struct CallError {
-    /// `Throttled`, `AccessDenied` or `Error`.
-    pub outcome: Outcome,
-    pub message: String,
-}
-
-impl fmt::Display for CallError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Error codes AWS uses for throttling (the ECS model has none of its own:
-/// `ThrottlingException` arrives unmodelled).
-const THROTTLING_CODES: &[&str] = &[
-    "ThrottlingException",
-    "Throttling",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-];
-
-/// Classifies an error code from the API or the agent.
-pub fn outcome_of_code(code: Option<&str>) -> Outcome {
-    match code {
-        Some(c) if THROTTLING_CODES.contains(&c) => Outcome::Throttled,
-        Some("AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation") => {
-            Outcome::AccessDenied
-        }
-        _ => Outcome::Error,
-    }
-}
+use super::outcome::{outcome_of_code, CallError, Outcome};
 
 /// What ECS answered to one `UpdateTaskProtection`.
 #[derive(Debug, Default)]
@@ -90,11 +26,6 @@ pub fn task_id(arn_or_id: &str) -> &str {
     arn_or_id.rsplit('/').next().unwrap_or(arn_or_id)
 }
 
-/// One SDK retry absorbs a stale pooled connection (and a single throttle);
-/// anything longer is the caller's backoff's business, as for Cloud Map.
-const SDK_MAX_ATTEMPTS: u32 = 2;
-const SDK_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-
 /// The ECS API client: the SDK's default chain for credentials and region,
 /// `AWS_ENDPOINT_URL_ECS` or the configured endpoint for where.
 #[derive(Debug, Clone)]
@@ -104,20 +35,8 @@ pub struct EcsApi {
 
 impl EcsApi {
     pub async fn new(endpoint: Option<&str>, region: Option<&str>, timeout: Duration) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(SDK_MAX_ATTEMPTS)
-                    .with_initial_backoff(SDK_INITIAL_BACKOFF),
-            )
-            .timeout_config(TimeoutConfig::builder().operation_timeout(timeout).build());
-        if let Some(region) = region {
-            loader = loader.region(aws_config::Region::new(region.to_string()));
-        }
-        if let Some(endpoint) = endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let sdk_config = loader.load().await;
+        let loader = aws_config::defaults(BehaviorVersion::latest());
+        let sdk_config = crate::aws::load(loader, timeout, region, endpoint).await;
         Self {
             client: aws_sdk_ecs::Client::new(&sdk_config),
         }
@@ -186,7 +105,7 @@ where
     match (e.code(), e.message()) {
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code.to_string(),
-        _ => super::agent::error_chain(e),
+        _ => crate::aws::error_chain(e),
     }
 }
 

@@ -21,6 +21,7 @@
 
 pub mod agent;
 pub mod ecs;
+pub mod outcome;
 pub mod tracker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,14 +30,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::balancer::redis::SharedSlots;
 use crate::balancer::{SlotTable, TaskRef};
 use crate::config::{ProtectionConfig, ProxyConfig};
-use crate::discovery::cloud_map::Backoff;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::metrics;
 use agent::{Agent, Reply};
-use ecs::{CallError, EcsApi, Outcome};
+use ecs::EcsApi;
+use outcome::{CallError, Outcome};
 use tracker::{Load, Op, Round, Timing, Tracker};
 
 /// How often the loops look at the slot table and the lifecycle: a new
