@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use log::{info, warn};
 use serde::Serialize;
 
-use crate::proxy::Reason;
+use crate::reason::Reason;
 
 /// How many rejections `/status` lists.
 const RECENT: usize = 20;

@@ -25,7 +25,9 @@ use pingora_load_balancing::{Backends, LoadBalancer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::access_log::{AccessLog, AccessLogError};
+use crate::balancer::gauges::SlotGauges;
 use crate::balancer::redis::SharedSlots;
+use crate::balancer::SlotTable;
 use crate::config::{self, ProxyConfig, SlotStore};
 use crate::core::{self, Core, Settings};
 use crate::discovery::cloud_map::CloudMapDiscovery;
@@ -87,22 +89,9 @@ pub enum StartError {
 /// error, after `-t`, or after SIGINT.
 pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     let mut opt = cli.pingora;
-    let path = opt.conf.take().ok_or(StartError::NoConfig)?;
-    let (text, proxy) = config::load(Path::new(&path))?;
-    let mut server_conf = ServerConf::from_yaml(&text).map_err(|e| StartError::ServerConf {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    if opt.daemon || server_conf.daemon {
-        return Err(StartError::Daemon);
-    }
-    // Pingora drops every session when its grace period ends; ours (the
-    // drain) must always end first.
-    server_conf.grace_period_seconds = Some(proxy.drain_timeout.get().as_secs().saturating_add(30));
-    if opt.test {
-        println!("{path}: configuration OK");
+    let Some((server_conf, proxy)) = configure(&mut opt)? else {
         return Ok(());
-    }
+    };
     raise_fd_limit();
     let upgrade = opt.upgrade;
     if !upgrade {
@@ -143,7 +132,61 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     }
 
     metrics::init();
+    match SlotGauges::new(table.clone()) {
+        Ok(gauges) => {
+            if let Err(e) = prometheus::register(Box::new(gauges)) {
+                warn!("the slot table's metrics are not exported: {e}");
+            }
+        }
+        Err(e) => warn!("the slot table's metrics are not exported: {e}"),
+    }
     memory::trim_periodically();
+    let core = Arc::new(build_core(&proxy, table, &lifecycle, &handoff, streams)?);
+    compose(&mut server, &proxy, core, forward_rx);
+    info!(
+        "rtmp-proxy {} listening on {} (health {}, admin {})",
+        env!("CARGO_PKG_VERSION"),
+        proxy.listen,
+        proxy.health_listen,
+        proxy.admin_listen
+    );
+    lifecycle.exit_when_drained(server.watch_execution_phase());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals::new(lifecycle, handoff)),
+    });
+    Ok(())
+}
+
+/// Reads and checks the config file; `None` after `-t`, which only checks.
+fn configure(opt: &mut Opt) -> Result<Option<(ServerConf, ProxyConfig)>, StartError> {
+    let path = opt.conf.take().ok_or(StartError::NoConfig)?;
+    let (text, proxy) = config::load(Path::new(&path))?;
+    let mut server_conf = ServerConf::from_yaml(&text).map_err(|e| StartError::ServerConf {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if opt.daemon || server_conf.daemon {
+        return Err(StartError::Daemon);
+    }
+    // Pingora drops every session when its grace period ends; ours (the
+    // drain) must always end first.
+    server_conf.grace_period_seconds = Some(proxy.drain_timeout.get().as_secs().saturating_add(30));
+    if opt.test {
+        println!("{path}: configuration OK");
+        return Ok(None);
+    }
+    Ok(Some((server_conf, proxy)))
+}
+
+/// The core, once the process owns its sockets: the Redis slot store,
+/// scale-in protection and the access log start here.
+fn build_core(
+    proxy: &ProxyConfig,
+    table: Arc<SlotTable>,
+    lifecycle: &Arc<Lifecycle>,
+    handoff: &Arc<Handoff>,
+    streams: Arc<Directory>,
+) -> Result<Core, StartError> {
     let shared = match (&proxy.slots.store, &proxy.slots.url) {
         (SlotStore::Redis, Some(url)) => Some(
             SharedSlots::start(
@@ -162,7 +205,7 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     }
     let protection = if proxy.scale_in_protection.enabled {
         Some(
-            Protection::start(&proxy, table.clone(), lifecycle.clone(), shared.clone())
+            Protection::start(proxy, table.clone(), lifecycle.clone(), shared.clone())
                 .map_err(StartError::Service)?,
         )
     } else {
@@ -174,9 +217,9 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     )?);
     let reopened = access_log.clone();
     lifecycle.on_hangup(move || reopened.reopen());
-    let core = Arc::new(Core {
+    Ok(Core {
         table,
-        settings: Settings::from(&proxy),
+        settings: Settings::from(proxy),
         lifecycle: lifecycle.clone(),
         handoff: handoff.clone(),
         shared,
@@ -184,20 +227,7 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
         streams,
         protection,
         started: std::time::Instant::now(),
-    });
-    compose(&mut server, &proxy, core, forward_rx);
-    info!(
-        "rtmp-proxy {} listening on {} (health {}, admin {})",
-        env!("CARGO_PKG_VERSION"),
-        proxy.listen,
-        proxy.health_listen,
-        proxy.admin_listen
-    );
-    lifecycle.exit_when_drained(server.watch_execution_phase());
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals::new(lifecycle, handoff)),
-    });
-    Ok(())
+    })
 }
 
 /// How long a new process waits, after receiving the sockets, for the old
@@ -272,21 +302,22 @@ fn compose(
     // Each HTTP port gets a share of the descriptors; the rest stay for
     // streams (see the README's "HTTP endpoints").
     let nofile = http_server::nofile();
-    let health = HttpListener::new(
-        "proxy.health_listen",
-        &proxy.health_listen,
-        Arc::new(Health::new(core.clone())),
-        http_server::health_cap(nofile),
-        core.lifecycle.clone(),
-    );
-    server.add_service(health).add_dependency(&backends);
-
-    let admin = HttpListener::new(
-        "proxy.admin_listen",
-        &proxy.admin_listen,
-        Arc::new(Admin::new(core.clone())),
-        http_server::admin_cap(nofile),
-        core.lifecycle.clone(),
-    );
-    server.add_service(admin);
+    let http: [(&'static str, &str, Arc<dyn http_server::Handler>, usize); 2] = [
+        (
+            "proxy.health_listen",
+            &proxy.health_listen,
+            Arc::new(Health::new(core.clone())),
+            http_server::health_cap(nofile),
+        ),
+        (
+            "proxy.admin_listen",
+            &proxy.admin_listen,
+            Arc::new(Admin::new(core.clone())),
+            http_server::admin_cap(nofile),
+        ),
+    ];
+    for (what, addr, handler, cap) in http {
+        let listener = HttpListener::new(what, addr, handler, cap, core.lifecycle.clone());
+        server.add_service(listener).add_dependency(&backends);
+    }
 }

@@ -22,12 +22,13 @@
 //! - [`lifecycle`]: signals, drains that never cut a live stream, and the
 //!   slot handoff of a binary upgrade ([`lifecycle::handoff`]).
 //! - [`proxy`]: one client connection from accept to close, as phases in
-//!   one file: gate, admit, connect, splice, finish; [`proxy::reason`]
-//!   names every way a connection ends; [`proxy::backend`] opens backend
+//!   one file: gate, admit, connect, splice, finish; [`proxy::backend`] opens backend
 //!   connections and says how they failed; [`proxy::duplex`] copies;
 //!   [`proxy::listener`] accepts, one socket and runtime per thread;
 //!   [`proxy::rtmp`] holds the RTMP handshake gate, the backend's
 //!   first-answer check, PROXY headers and the passive stream observer.
+//! - [`reason`]: every way a client connection ends, one name each (the
+//!   metric label and the access log's `reason`).
 //! - [`streams`]: the stream directory (which stream runs on which
 //!   backend) behind `GET /streams`, fleet-wide with Redis.
 //! - [`access_log`]: one JSON line per connection, progress lines, recent
@@ -70,6 +71,7 @@ pub mod memory;
 pub mod metrics;
 pub mod protection;
 pub mod proxy;
+pub mod reason;
 pub mod rtmp;
 pub mod runtime;
 pub mod streams;

@@ -1,7 +1,7 @@
 //! Prometheus metrics, in the `prometheus` crate's default registry (the one
 //! Pingora's `pingora-prometheus` also serves), exposed on the admin
 //! listener at `/metrics`. Counters move as things happen; the slot table's
-//! gauges are read at scrape time.
+//! gauges are read at scrape time (`balancer::gauges`).
 //!
 //! Labels stay bounded: reasons, directions, discovery sources and backend
 //! addresses (the fleet), never a client address or a stream key.
@@ -13,8 +13,6 @@ use prometheus::{
     register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder, Gauge, GaugeVec,
     Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
-
-use crate::balancer::SlotTable;
 
 pub struct Metrics {
     pub accepted: IntCounter,
@@ -29,10 +27,6 @@ pub struct Metrics {
     pub slot_store_degraded: IntGauge,
     pub protection_calls: IntCounterVec,
     pub protected_tasks: IntGaugeVec,
-    backend_active: IntGaugeVec,
-    backend_max: IntGaugeVec,
-    backend_healthy: IntGaugeVec,
-    queue_length: IntGauge,
     start_time: Gauge,
     build_info: IntGaugeVec,
     /// `protocol: rtmp`: connections whose `publish` or `play` was seen.
@@ -120,29 +114,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["target"]
     )
     .expect("metric registration"),
-    backend_active: register_int_gauge_vec!(
-        "rtmp_proxy_backend_active_connections",
-        "Proxied connections each backend holds (including an upgrade's inherited ones).",
-        &["backend"]
-    )
-    .expect("metric registration"),
-    backend_max: register_int_gauge_vec!(
-        "rtmp_proxy_backend_max_connections",
-        "Each backend's cap (0 = unlimited).",
-        &["backend"]
-    )
-    .expect("metric registration"),
-    backend_healthy: register_int_gauge_vec!(
-        "rtmp_proxy_backend_healthy",
-        "1 when the backend is present and passed its last check, else 0.",
-        &["backend"]
-    )
-    .expect("metric registration"),
-    queue_length: register_int_gauge!(
-        "rtmp_proxy_queue_length",
-        "Clients waiting for a free backend slot."
-    )
-    .expect("metric registration"),
     start_time: register_gauge!(
         "rtmp_proxy_start_time_seconds",
         "Unix time the process started."
@@ -222,27 +193,8 @@ pub fn sum(counter: &IntCounterVec) -> u64 {
         .sum()
 }
 
-/// The default registry in Prometheus' text format, with the slot table's
-/// gauges read at this moment.
-pub fn render(table: &SlotTable) -> Vec<u8> {
-    let m = get();
-    m.backend_active.reset();
-    m.backend_max.reset();
-    m.backend_healthy.reset();
-    for b in table.snapshot() {
-        let addr = b.addr.to_string();
-        let label = [addr.as_str()];
-        m.backend_active
-            .with_label_values(&label)
-            .set(b.active as i64);
-        m.backend_max
-            .with_label_values(&label)
-            .set(b.max_connections as i64);
-        m.backend_healthy
-            .with_label_values(&label)
-            .set(i64::from(b.healthy && b.present));
-    }
-    m.queue_length.set(table.queued() as i64);
+/// The default registry in Prometheus' text format.
+pub fn render() -> Vec<u8> {
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail on I/O; a malformed family would be
     // a bug in this file, and an empty answer is then the honest one.

@@ -8,7 +8,7 @@
 //!
 //! Stream keys are secrets: listings show them only through
 //! [`rtmp::redact`], and a lookup needs the caller to know the full key
-//! already. Byte counts are read live from the connection's [`Flow`].
+//! already. Byte counts are read live from the connection ([`Traffic`]).
 //!
 //! During a binary upgrade the old process keeps its streams until they
 //! end. It sends their records to the new process over the hand-off
@@ -19,15 +19,19 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::balancer::redis::SharedSlots;
-use crate::proxy::duplex::Flow;
 use crate::rtmp::{self, Role, StreamInfo};
+
+/// A live connection's byte counts, read when it is listed.
+pub trait Traffic: Send + Sync {
+    /// Bytes from the client so far, and from the backend.
+    fn bytes(&self) -> (u64, u64);
+}
 
 /// All live entries of this process, and the records of older processes
 /// still draining; with the Redis slot store, its publishers are also
@@ -80,7 +84,7 @@ struct Entry {
     client: String,
     backend: SocketAddr,
     started: SystemTime,
-    flow: Arc<Flow>,
+    flow: Arc<dyn Traffic>,
     state: State,
     /// Its id in the fleet-wide directory, once listed there.
     listed: Option<String>,
@@ -157,7 +161,7 @@ impl Directory {
         self: &Arc<Self>,
         client: &str,
         backend: SocketAddr,
-        flow: Arc<Flow>,
+        flow: Arc<dyn Traffic>,
     ) -> Registration {
         let mut inner = self.lock();
         let id = inner.next_id;
@@ -256,18 +260,15 @@ impl Directory {
     /// streams it was told of.
     pub fn subscribe(&self, observer: impl Fn(Change) + Send + 'static) -> usize {
         let mut inner = self.lock();
-        let mut told = 0;
-        for (id, i) in &inner.inherited {
-            observer(Change::Upsert(Box::new(Record {
-                id: id.clone(),
-                lookup: i.lookup.clone(),
-                view: i.view.clone(),
-            })));
-            told += 1;
-        }
-        for (&id, e) in &inner.entries {
-            observer(Change::Upsert(Box::new(e.record(inner.record_id(id)))));
-            told += 1;
+        let inherited = inner.inherited.iter().map(|(id, i)| Record {
+            id: id.clone(),
+            lookup: i.lookup.clone(),
+            view: i.view.clone(),
+        });
+        let all: Vec<Record> = inherited.chain(inner.own_records()).collect();
+        let told = all.len();
+        for record in all {
+            observer(Change::Upsert(Box::new(record)));
         }
         inner.observer = Some(Box::new(observer));
         told
@@ -281,9 +282,9 @@ impl Directory {
     pub fn refresh(&self) {
         let inner = self.lock();
         if let Some(observer) = &inner.observer {
-            for (&id, e) in &inner.entries {
-                observer(Change::Upsert(Box::new(e.record(inner.record_id(id)))));
-            }
+            inner
+                .own_records()
+                .for_each(|r| observer(Change::Upsert(Box::new(r))));
         }
     }
 
@@ -322,6 +323,13 @@ impl Directory {
 }
 
 impl Inner {
+    /// This process's streams as the next process is told of them.
+    fn own_records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.entries
+            .iter()
+            .map(|(&id, e)| e.record(self.record_id(id)))
+    }
+
     /// An entry's id as the processes of an upgrade chain know it.
     fn record_id(&self, id: u64) -> String {
         format!("{}-{id}", self.origin)
@@ -352,6 +360,7 @@ impl Entry {
             ),
             State::Unknown(r) => (None, None, None, "unknown", Some((*r).to_owned())),
         };
+        let (bytes_up, bytes_down) = self.flow.bytes();
         StreamView {
             app,
             key,
@@ -361,8 +370,8 @@ impl Entry {
             backend: self.backend,
             client: self.client.clone(),
             started_at: humantime::format_rfc3339_seconds(self.started).to_string(),
-            bytes_up: self.flow.from_client.load(Ordering::Relaxed),
-            bytes_down: self.flow.from_backend.load(Ordering::Relaxed),
+            bytes_up,
+            bytes_down,
             draining: false,
         }
     }
@@ -459,12 +468,22 @@ fn fleet_id(app: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::duplex::Side;
-    use prometheus::IntCounter;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    fn flow() -> Arc<Flow> {
-        let c = || IntCounter::new("t", "t").unwrap();
-        Arc::new(Flow::new([c(), c()]))
+    #[derive(Default)]
+    struct Counts(AtomicU64, AtomicU64);
+
+    impl Traffic for Counts {
+        fn bytes(&self) -> (u64, u64) {
+            (
+                self.0.load(Ordering::Relaxed),
+                self.1.load(Ordering::Relaxed),
+            )
+        }
+    }
+
+    fn flow() -> Arc<Counts> {
+        Arc::new(Counts::default())
     }
 
     fn info(app: &str, key: &str, role: Role) -> StreamInfo {
@@ -487,8 +506,8 @@ mod tests {
         let dir = Directory::new();
         let f = flow();
         let a = dir.add("1.2.3.4:5", "127.0.0.1:1935".parse().unwrap(), f.clone());
-        f.count(Side::Client, 10);
-        f.count(Side::Backend, 3);
+        f.0.store(10, Ordering::Relaxed);
+        f.1.store(3, Ordering::Relaxed);
         let list = dir.list(false);
         assert_eq!(list.len(), 1);
         assert_eq!(

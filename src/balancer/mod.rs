@@ -10,6 +10,7 @@
 //! A taken slot is a [`Slot`] value; dropping it frees the slot and serves
 //! the head of the wait queue at once.
 
+pub mod gauges;
 pub mod policy;
 pub mod redis;
 

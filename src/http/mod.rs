@@ -208,7 +208,7 @@ impl server::Handler for Admin {
             "/metrics" => body(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&self.core.table),
+                metrics::render(),
             ),
             path => match path.strip_prefix("/streams/") {
                 Some(rest) => self.stream(rest).await,

@@ -46,7 +46,7 @@ use tokio::net::TcpStream;
 use super::{Lifecycle, SessionGuard};
 use crate::balancer::{SlotEvent, SlotTable};
 use crate::metrics;
-use crate::proxy::Reason;
+use crate::reason::Reason;
 use crate::streams::{Change, Directory, Record};
 
 const TAKE: u8 = b'T';
@@ -172,10 +172,7 @@ impl Handoff {
             "connected to the old process for the slot handoff; its listening sockets follow once it gets SIGQUIT (polled once a second, 6 tries)"
         );
         let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("handoff-in".into())
-            .spawn(move || me.read_predecessor(conn, clients));
-        if let Err(e) = spawned {
+        if let Err(e) = thread("handoff-in", move || me.read_predecessor(conn, clients)) {
             warn!("cannot start the handoff reader ({e}); slot counts start at zero");
             self.set_ready();
             return false;
@@ -271,11 +268,7 @@ impl Handoff {
             .and_then(|()| socket.listen(4))
             .map_err(what)?;
         let me = self.clone();
-        std::thread::Builder::new()
-            .name("handoff-listen".into())
-            .spawn(move || me.accept_successors(socket))
-            .map(drop)
-            .map_err(HandoffError::Thread)
+        thread("handoff-listen", move || me.accept_successors(socket)).map_err(HandoffError::Thread)
     }
 
     fn accept_successors(self: Arc<Self>, listener: Socket) {
@@ -313,10 +306,7 @@ impl Handoff {
             *successor = Some(tx);
             drop(successor);
             let me = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("handoff-out".into())
-                .spawn(move || me.write_successor(conn, rx));
-            if let Err(e) = spawned {
+            if let Err(e) = thread("handoff-out", move || me.write_successor(conn, rx)) {
                 warn!("cannot start the handoff writer: {e}");
                 self.drop_successor();
             }
@@ -420,6 +410,14 @@ impl Handoff {
             .ok();
         Ok(())
     }
+}
+
+/// The channel is served by plain threads, one per job.
+fn thread(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
 }
 
 /// A client the old process could not pass on is closed: counted and logged.

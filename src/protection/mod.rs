@@ -192,7 +192,8 @@ impl Protection {
     /// Reads the slot table, then makes the calls the tracker asks for.
     /// `exiting`: the moment the drain ended, for the last round before
     /// the exit, which releases idle servers without waiting
-    /// `release_after`.
+    /// `release_after`. One round reads top to bottom: observe, decide,
+    /// call, record; split, each part would need the round's state.
     async fn media_round(
         &self,
         calls: &mut Calls,
@@ -378,6 +379,9 @@ impl Protection {
         }
     }
 
+    /// This proxy's own task, through the ECS agent. One loop: the phase
+    /// (serving, draining, handed off) decides each tick, and its branches
+    /// read best side by side.
     async fn self_loop(self: Arc<Self>, agent: Agent, lifecycle: Arc<Lifecycle>) {
         let minutes = self.settings.expires_in_minutes();
         let mut me: Tracker<()> = Tracker::new(timing(&self.settings));

@@ -21,7 +21,6 @@
 pub mod backend;
 pub mod duplex;
 pub mod listener;
-pub mod reason;
 pub mod rtmp;
 mod watch;
 
@@ -45,10 +44,10 @@ use crate::core::Core;
 use crate::lifecycle::handoff::ForwardedClient;
 use crate::lifecycle::SessionGuard;
 use crate::metrics;
+pub use crate::reason::Reason;
 use crate::streams::Registration;
 use backend::ConnectError;
 use duplex::{End, Flow, Side};
-pub use reason::Reason;
 
 /// Serves one client; `pending` holds bytes already read from it (by an
 /// older process, for a client it passed on).

@@ -29,10 +29,10 @@ use tokio::net::TcpStream;
 
 use super::backend::ConnectError;
 use super::duplex::Flow;
-use super::reason::Reason;
 use crate::config::{Protocol, SendProxy};
 use crate::core::Settings;
 use crate::metrics;
+use crate::reason::Reason;
 use crate::rtmp::{self, Observer, Progress, C0C1_LEN};
 use crate::streams::{display_app, Directory, Handle, Registration};
 
