@@ -26,7 +26,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::balancer::gauges::SlotGauges;
-use crate::balancer::redis::SharedSlots;
+use crate::balancer::redis::{SharedSlots, Store};
 use crate::balancer::SlotTable;
 use crate::config::{self, ProxyConfig, SlotStore};
 use crate::core::{self, Core, Settings};
@@ -41,6 +41,7 @@ use crate::memory;
 use crate::metrics;
 use crate::protection::Protection;
 use crate::proxy::{listener::Listener, Forwarded};
+use crate::streams::shared::SharedStreams;
 use crate::streams::Directory;
 
 /// Command line: Pingora's own flags (`-c`, `-u`, `-d`, `-t`) and ours.
@@ -188,21 +189,20 @@ fn build_core(
     streams: Arc<Directory>,
 ) -> Result<Core, StartError> {
     let shared = match (&proxy.slots.store, &proxy.slots.url) {
-        (SlotStore::Redis, Some(url)) => Some(
-            SharedSlots::start(
+        (SlotStore::Redis, Some(url)) => {
+            let lease = proxy.slots.lease.get();
+            let store = Store::connect(
                 url,
                 &proxy.slots.key_prefix,
-                proxy.slots.lease.get(),
+                lease,
                 proxy.connect_timeout.get(),
-                table.clone(),
             )
-            .map_err(StartError::Service)?,
-        ),
+            .map_err(StartError::Service)?;
+            streams.set_shared(SharedStreams::start(store.clone(), lease));
+            Some(SharedSlots::start(store, lease, table.clone(), url))
+        }
         _ => None,
     };
-    if let Some(shared) = &shared {
-        streams.set_fleet(shared.clone());
-    }
     let protection = if proxy.scale_in_protection.enabled {
         Some(
             Protection::start(proxy, table.clone(), lifecycle.clone(), shared.clone())

@@ -210,7 +210,7 @@ pub struct ProxyConfig {
     /// streams run on until they end or this much time has passed; then
     /// they are cut and the process exits.
     pub drain_timeout: Millis<0, 604_800_000>,
-    /// Where backend slots are counted: this process only, or fleet-wide
+    /// Where backend slots are counted: this process only, or shared
     /// in Redis for several proxies behind one DNS name or load balancer.
     pub slots: SlotsConfig,
     /// What clients speak: `rtmp` (default) takes a backend slot only after

@@ -24,7 +24,7 @@ pub struct Core {
     pub lifecycle: Arc<Lifecycle>,
     /// The channel to the next process of a binary upgrade.
     pub handoff: Arc<Handoff>,
-    /// Fleet-wide slots, when `proxy.slots.store` is `redis`.
+    /// Slots shared by every proxy, when `proxy.slots.store` is `redis`.
     pub shared: Option<Arc<SharedSlots>>,
     pub access_log: Arc<AccessLog>,
     /// Which stream runs where (`/streams`).

@@ -17,8 +17,9 @@
 //!   behind Pingora's `ServiceDiscovery`, combined into one fleet.
 //! - [`health_check`]: active TCP checks, reported to the slot table.
 //! - [`balancer`]: the slot table (exact per-backend caps, the wait queue),
-//!   the balancing policies, and fleet-wide leases in Redis
-//!   ([`balancer::redis`]).
+//!   the balancing policies, shared leases in Redis over the process's
+//!   one Redis connection ([`balancer::redis`]), and the table's gauges
+//!   ([`balancer::gauges`]).
 //! - [`lifecycle`]: signals, drains that never cut a live stream, and the
 //!   slot handoff of a binary upgrade ([`lifecycle::handoff`]).
 //! - [`proxy`]: one client connection from accept to close, as phases in
@@ -30,7 +31,8 @@
 //! - [`reason`]: every way a client connection ends, one name each (the
 //!   metric label and the access log's `reason`).
 //! - [`streams`]: the stream directory (which stream runs on which
-//!   backend) behind `GET /streams`, fleet-wide with Redis.
+//!   backend) behind `GET /streams`, shared by every proxy with Redis
+//!   ([`streams::shared`]), and carried over an upgrade.
 //! - [`access_log`]: one JSON line per connection, progress lines, recent
 //!   rejections.
 //! - [`rtmp`]: a passive, bounded RTMP observer: bytes become chunks

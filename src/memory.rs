@@ -19,7 +19,7 @@ use log::{debug, warn};
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Starts a thread that returns freed heap pages to the system every
-/// [`TRIM_EVERY`]. A no-op where the C library has no `malloc_trim`.
+/// `TRIM_EVERY`. A no-op where the C library has no `malloc_trim`.
 pub fn trim_periodically() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;

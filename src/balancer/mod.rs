@@ -54,7 +54,7 @@ struct Backend {
     active: usize,
     /// Of `active`, slots held by the previous process of an upgrade.
     inherited: usize,
-    /// Slots other proxies hold on it (fleet-wide store only).
+    /// Slots other proxies hold on it (shared store only).
     remote: usize,
     healthy: bool,
     /// Still in the latest discovery answer. A backend that left keeps its
@@ -105,7 +105,7 @@ pub enum SlotEvent {
     Release(SocketAddr),
 }
 
-type Observer = Box<dyn Fn(SlotEvent) + Send>;
+type Subscriber = Box<dyn Fn(SlotEvent) + Send>;
 
 /// Why a client got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,7 @@ struct Inner {
     /// When `sync` last ran: discovery's last successful answer.
     synced_at: Option<std::time::SystemTime>,
     /// Told of every take and release, while a successor listens.
-    observer: Option<Observer>,
+    observer: Option<Subscriber>,
     /// No more grants: the slots belong to a successor process.
     frozen: bool,
 }

@@ -1,4 +1,4 @@
-//! Fleet-wide slots in Redis, so that several proxies together never give a
+//! Slots shared by every proxy, in Redis, so that several proxies together never give a
 //! media server more than its `max_connections`.
 //!
 //! Each proxied stream holds a *lease*: a member of the backend's sorted set
@@ -37,11 +37,16 @@ use redis::{Client, Script};
 
 use super::SlotTable;
 
+/// Every script starts with `now`, in milliseconds of Redis's own clock:
+/// the proxies' clocks need not agree.
+const NOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
 /// Takes a lease if the backend is below its cap. Returns the new count,
 /// or -1 when full.
 const TAKE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local max = tonumber(ARGV[2])
 local n = redis.call('ZCARD', KEYS[1])
@@ -54,8 +59,6 @@ return n + 1
 /// Renews (or, after an outage, registers) leases: KEYS[i] holds member
 /// ARGV[i + 1]; ARGV[1] is the lease length.
 const RENEW: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ms = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, now + ms, ARGV[i + 1])
@@ -66,8 +69,6 @@ return #KEYS
 
 /// Live lease counts of the given backends.
 const COUNT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -76,28 +77,84 @@ end
 return out
 ";
 
-/// What taking a fleet-wide slot gave.
+/// What taking a shared slot gave.
 pub enum LeaseOutcome {
     Granted(Lease),
     /// Other proxies hold all of this backend's slots.
     Full,
 }
 
-pub struct SharedSlots {
-    prefix: String,
-    lease_ms: u64,
+/// The one Redis connection of this process, shared by the slots
+/// ([`SharedSlots`]) and the stream directory (`streams::shared`), with
+/// whether Redis answers.
+pub struct Store {
+    /// `{key_prefix}`: the hash tag of every key.
+    pub prefix: String,
+    pub lease_ms: u64,
     /// Bounds every Redis call made on a client's behalf.
-    call_timeout: Duration,
-    conn: ConnectionManager,
-    runtime: tokio::runtime::Handle,
+    pub call_timeout: Duration,
+    pub conn: ConnectionManager,
+    /// Where all Redis I/O runs.
+    pub runtime: tokio::runtime::Handle,
+    client: Client,
+    degraded: AtomicBool,
+}
+
+impl Store {
+    /// Connects (lazily) on a dedicated runtime.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        lease: Duration,
+        call_timeout: Duration,
+    ) -> Result<Arc<Self>, String> {
+        let client = Client::open(url).map_err(|e| format!("proxy.slots.url {url:?}: {e}"))?;
+        let runtime = crate::runtime::dedicated("redis")?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(call_timeout))
+            .set_response_timeout(Some(call_timeout))
+            .set_number_of_retries(1);
+        let conn = {
+            let _guard = runtime.enter();
+            ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(|e| format!("proxy.slots.url {url:?}: {e}"))?
+        };
+        Ok(Arc::new(Self {
+            prefix: format!("{{{prefix}}}"),
+            lease_ms: lease.as_millis().max(1) as u64,
+            call_timeout,
+            conn,
+            runtime,
+            client,
+            degraded: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
+    }
+
+    pub fn set_degraded(&self, degraded: bool, why: &str) {
+        if self.degraded.swap(degraded, Ordering::SeqCst) != degraded {
+            crate::metrics::get()
+                .slot_store_degraded
+                .set(i64::from(degraded));
+            if degraded {
+                warn!("Redis slot store unreachable ({why}); serving with this proxy's own counts only");
+            } else {
+                info!("Redis slot store reachable again; leases re-registered");
+            }
+        }
+    }
+}
+
+pub struct SharedSlots {
+    store: Arc<Store>,
     table: Arc<SlotTable>,
     /// Our live leases: backend -> members.
     own: Mutex<HashMap<SocketAddr, Vec<String>>>,
-    /// Our publishers in the fleet-wide stream directory: id -> entry.
-    own_streams: Mutex<HashMap<String, String>>,
     next_id: AtomicU64,
     proxy_id: String,
-    degraded: AtomicBool,
     /// When the last successful count read began: the table's `remote`
     /// counts are at least that fresh.
     counts_read: Mutex<Option<Instant>>,
@@ -111,43 +168,27 @@ struct Scripts {
 }
 
 impl SharedSlots {
-    /// Connects (lazily) and starts the renewal, refresh and release
-    /// listener tasks on a dedicated runtime.
+    /// Starts the renewal, refresh and release listener tasks on the
+    /// store's runtime.
     pub fn start(
-        url: &str,
-        prefix: &str,
+        store: Arc<Store>,
         lease: Duration,
-        call_timeout: Duration,
         table: Arc<SlotTable>,
-    ) -> Result<Arc<Self>, String> {
-        let client = Client::open(url).map_err(|e| format!("proxy.slots.url {url:?}: {e}"))?;
-        let handle = crate::runtime::dedicated("redis")?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(call_timeout))
-            .set_response_timeout(Some(call_timeout))
-            .set_number_of_retries(1);
-        let conn = {
-            let _guard = handle.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), config)
-                .map_err(|e| format!("proxy.slots.url {url:?}: {e}"))?
-        };
+        url: &str,
+    ) -> Arc<Self> {
+        let handle = store.runtime.clone();
+        let client = store.client.clone();
         let me = Arc::new(Self {
-            prefix: format!("{{{prefix}}}"),
-            lease_ms: lease.as_millis().max(1) as u64,
-            call_timeout,
-            conn,
-            runtime: handle.clone(),
+            store,
             table,
             own: Mutex::new(HashMap::new()),
-            own_streams: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             proxy_id: format!("{}-{}", std::process::id(), fastrand::u64(..)),
-            degraded: AtomicBool::new(false),
             counts_read: Mutex::new(None),
             scripts: Scripts {
-                take: Script::new(TAKE),
-                renew: Script::new(RENEW),
-                count: Script::new(COUNT),
+                take: Script::new(&format!("{NOW}{TAKE}")),
+                renew: Script::new(&format!("{NOW}{RENEW}")),
+                count: Script::new(&format!("{NOW}{COUNT}")),
             },
         });
         handle.spawn(me.clone().maintain(lease / 3));
@@ -156,19 +197,23 @@ impl SharedSlots {
             "fleet-wide slots in Redis at {url} (lease {})",
             humantime::format_duration(lease)
         );
-        Ok(me)
+        me
     }
 
     fn key(&self, addr: SocketAddr) -> String {
-        format!("{}:backend:{addr}", self.prefix)
+        format!("{}:backend:{addr}", self.store.prefix)
     }
 
     fn channel(&self) -> String {
-        format!("{}:released", self.prefix)
+        format!("{}:released", self.store.prefix)
     }
 
     pub fn degraded(&self) -> bool {
-        self.degraded.load(Ordering::SeqCst)
+        self.store.degraded()
+    }
+
+    fn set_degraded(&self, degraded: bool, why: &str) {
+        self.store.set_degraded(degraded, why);
     }
 
     /// When the read behind the table's current `remote` counts began:
@@ -178,20 +223,7 @@ impl SharedSlots {
         *self.counts_read.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_degraded(&self, degraded: bool, why: &str) {
-        if self.degraded.swap(degraded, Ordering::SeqCst) != degraded {
-            crate::metrics::get()
-                .slot_store_degraded
-                .set(i64::from(degraded));
-            if degraded {
-                warn!("Redis slot store unreachable ({why}); serving with this proxy's own counts only");
-            } else {
-                info!("Redis slot store reachable again; leases re-registered");
-            }
-        }
-    }
-
-    /// Takes a fleet-wide slot on `addr` for a client that holds a local one.
+    /// Takes a shared slot on `addr` for a client that holds a local one.
     /// Never waits longer than the call timeout: when Redis does not answer,
     /// the client is served on local counts (and the lease registered later).
     pub async fn lease(self: &Arc<Self>, addr: SocketAddr, max: usize) -> LeaseOutcome {
@@ -204,18 +236,18 @@ impl SharedSlots {
             let me = self.clone();
             let key = self.key(addr);
             let m = member.clone();
-            let call = self.runtime.spawn(async move {
-                let mut conn = me.conn.clone();
+            let call = self.store.runtime.spawn(async move {
+                let mut conn = me.store.conn.clone();
                 me.scripts
                     .take
                     .key(key)
                     .arg(m)
                     .arg(max)
-                    .arg(me.lease_ms)
+                    .arg(me.store.lease_ms)
                     .invoke_async::<i64>(&mut conn)
                     .await
             });
-            match tokio::time::timeout(self.call_timeout, call).await {
+            match tokio::time::timeout(self.store.call_timeout, call).await {
                 Ok(Ok(Ok(n))) if n < 0 => return LeaseOutcome::Full,
                 Ok(Ok(Ok(_))) => {}
                 Ok(Ok(Err(e))) => self.set_degraded(true, &e.to_string()),
@@ -252,7 +284,7 @@ impl SharedSlots {
 
     async fn release(&self, addr: SocketAddr, member: String) {
         self.own_remove(addr, &member);
-        let mut conn = self.conn.clone();
+        let mut conn = self.store.conn.clone();
         let removed: redis::RedisResult<()> = redis::pipe()
             .zrem(self.key(addr), &member)
             .ignore()
@@ -287,85 +319,7 @@ impl SharedSlots {
         }
     }
 
-    fn stream_key(&self, id: &str) -> String {
-        format!("{}:stream:{id}", self.prefix)
-    }
-
-    /// Lists a publisher in the fleet-wide stream directory (`id`: a hash
-    /// of app and key), with the same lease as slots.
-    pub fn publish_stream(self: &Arc<Self>, id: String, entry: String) {
-        self.own_streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), entry.clone());
-        let me = self.clone();
-        self.runtime.spawn(async move {
-            let mut conn = me.conn.clone();
-            let set: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(me.stream_key(&id))
-                .arg(entry)
-                .arg("PX")
-                .arg(me.lease_ms)
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = set {
-                me.set_degraded(true, &e.to_string());
-            }
-        });
-    }
-
-    pub fn unpublish_stream(self: &Arc<Self>, id: String) {
-        self.own_streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        let me = self.clone();
-        self.runtime.spawn(async move {
-            let mut conn = me.conn.clone();
-            let _: redis::RedisResult<()> = redis::cmd("DEL")
-                .arg(me.stream_key(&id))
-                .query_async(&mut conn)
-                .await;
-        });
-    }
-
-    /// A publisher listed by any proxy, bounded by the call timeout.
-    pub async fn find_stream(&self, id: &str) -> Option<String> {
-        let mut conn = self.conn.clone();
-        let key = self.stream_key(id);
-        let get = self.runtime.spawn(async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-        });
-        match tokio::time::timeout(self.call_timeout, get).await {
-            Ok(Ok(Ok(found))) => found,
-            _ => None,
-        }
-    }
-
     async fn renew(&self) {
-        let streams = self
-            .own_streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if !streams.is_empty() {
-            let mut pipe = redis::pipe();
-            for (id, entry) in &streams {
-                pipe.cmd("SET")
-                    .arg(self.stream_key(id))
-                    .arg(entry)
-                    .arg("PX")
-                    .arg(self.lease_ms)
-                    .ignore();
-            }
-            let mut conn = self.conn.clone();
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                self.set_degraded(true, &e.to_string());
-            }
-        }
         let own: Vec<(SocketAddr, String)> = self
             .own
             .lock()
@@ -377,18 +331,18 @@ impl SharedSlots {
             return;
         }
         let mut inv = self.scripts.renew.prepare_invoke();
-        inv.arg(self.lease_ms);
+        inv.arg(self.store.lease_ms);
         for (addr, member) in &own {
             inv.key(self.key(*addr)).arg(member);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.store.conn.clone();
         match inv.invoke_async::<i64>(&mut conn).await {
             Ok(_) => self.set_degraded(false, ""),
             Err(e) => self.set_degraded(true, &e.to_string()),
         }
     }
 
-    /// Reads every backend's fleet-wide count and tells the table how many
+    /// Reads every backend's count across every proxy and tells the table how many
     /// belong to other proxies.
     async fn refresh_counts(&self) {
         let addrs: Vec<SocketAddr> = self.table.snapshot().iter().map(|b| b.addr).collect();
@@ -400,7 +354,7 @@ impl SharedSlots {
         for addr in &addrs {
             inv.key(self.key(*addr));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.store.conn.clone();
         let counts: Vec<i64> = match inv.invoke_async(&mut conn).await {
             Ok(c) => c,
             Err(e) => {
@@ -447,7 +401,7 @@ impl SharedSlots {
     }
 }
 
-/// One stream's fleet-wide slot. Release it with [`Lease::release`] before
+/// One stream's shared slot. Release it with [`Lease::release`] before
 /// freeing the local slot; dropping it releases in the background.
 pub struct Lease {
     shared: Option<Arc<SharedSlots>>,
@@ -459,8 +413,8 @@ impl Lease {
     pub async fn release(mut self) {
         if let Some(shared) = self.shared.take() {
             let (addr, member) = (self.addr, std::mem::take(&mut self.member));
-            let timeout = shared.call_timeout;
-            let task = shared.runtime.spawn({
+            let timeout = shared.store.call_timeout;
+            let task = shared.store.runtime.spawn({
                 let shared = shared.clone();
                 async move { shared.release(addr, member).await }
             });
@@ -473,7 +427,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
             let (addr, member) = (self.addr, std::mem::take(&mut self.member));
-            let rt = shared.runtime.clone();
+            let rt = shared.store.runtime.clone();
             rt.spawn(async move { shared.release(addr, member).await });
         }
     }

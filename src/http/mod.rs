@@ -135,7 +135,7 @@ impl Admin {
             return json(&view);
         }
         // Published through another proxy (Redis slot store)?
-        match self.core.streams.find_in_fleet(&app, &key).await {
+        match self.core.streams.find_shared(&app, &key).await {
             Some(view) => json(&view),
             None => text(StatusCode::NOT_FOUND, "no such stream\n"),
         }

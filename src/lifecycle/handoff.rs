@@ -23,7 +23,7 @@
 //!    other while old streams run.
 //! 5. Alongside the slots, the old process sends its stream directory
 //!    ([`crate::streams`]): a record per stream when the successor connects,
-//!    on every change, and with fresh counters every [`REFRESH`]; an end
+//!    on every change, and with fresh counters every `REFRESH`; an end
 //!    when the stream ends. The new process lists them as `draining`.
 //!
 //! The channel is a Unix `SOCK_SEQPACKET` socket: message boundaries are

@@ -153,7 +153,7 @@ fn expiry_from_epoch(secs: f64) -> Option<SystemTime> {
 #[derive(Debug, Default, Deserialize)]
 struct Answer {
     #[serde(default)]
-    protection: Option<Protection>,
+    protection: Option<AgentProtection>,
     #[serde(default)]
     failure: Option<Failure>,
     #[serde(default)]
@@ -161,7 +161,8 @@ struct Answer {
 }
 
 #[derive(Debug, Deserialize)]
-struct Protection {
+/// The agent's `protection` object (the ECS `ProtectedTask` shape).
+struct AgentProtection {
     #[serde(rename = "ExpirationDate", default)]
     expiration_date: Option<serde_json::Value>,
 }

@@ -66,7 +66,7 @@ pub struct Protection {
     settings: ProtectionConfig,
     media: Mutex<Tracker<TaskKey>>,
     table: Arc<SlotTable>,
-    /// Fleet-wide counts, without which no media server is released.
+    /// Counts across every proxy, without which no media server is released.
     shared: Option<Arc<SharedSlots>>,
     /// Region of the media servers' tasks, when configured.
     region: Option<String>,
@@ -220,7 +220,7 @@ impl Protection {
             };
             let load = loads.entry(key).or_default();
             load.local += b.active;
-            load.fleet += b.active + b.remote;
+            load.shared += b.active + b.remote;
         }
         let round = Round {
             // At exit: every stream here had ended when the drain did.
@@ -408,7 +408,7 @@ impl Protection {
                 (),
                 Load {
                     local: busy,
-                    fleet: busy,
+                    shared: busy,
                 },
             )]);
             let round = Round {

@@ -8,7 +8,7 @@
 //!   (known to be) protected; **renew** every `renew_every` while it does.
 //!   Every proxy with a stream on a server protects and renews it itself, so
 //!   no proxy depends on another one staying up.
-//! - **Release** only when the counts are fleet-exact (`can_release`, the
+//! - **Release** only when the counts are shared-exact (`can_release`, the
 //!   Redis slot store and reachable), the task has had no stream anywhere
 //!   for `release_after` (no flapping when a publisher reconnects), and a
 //!   count read that began after it went idle confirms it. Otherwise leave
@@ -28,7 +28,7 @@ pub struct Load {
     /// Held by this process (with an upgrade's inherited ones).
     pub local: usize,
     /// Held by every proxy (`local` plus other proxies' with Redis).
-    pub fleet: usize,
+    pub shared: usize,
 }
 
 /// The call the tracker wants made for a task.
@@ -45,7 +45,7 @@ pub struct Round {
     pub wall: SystemTime,
     /// Fleet counts are exact: a task may be released.
     pub can_release: bool,
-    /// When the counts behind `Load::fleet` were read (began).
+    /// When the counts behind `Load::shared` were read (began).
     pub counts_read_at: Option<Instant>,
     /// Release everything that may be protected, now (draining).
     pub release_now: bool,
@@ -70,7 +70,7 @@ struct Entry {
     maybe_until: Option<SystemTime>,
     /// The next renewal while we hold streams on it.
     renew_at: Option<Instant>,
-    /// Without a stream fleet-wide since then.
+    /// Without a stream shared-wide since then.
     idle_since: Option<Instant>,
     /// We released it then; see the module doc.
     released_at: Option<Instant>,
@@ -134,7 +134,7 @@ impl<K: Clone + Eq + Hash> Tracker<K> {
                 if lapsing || e.renew_at.is_none_or(|t| r.now >= t) {
                     ops.push((k.clone(), Op::Enable));
                 }
-            } else if load.fleet > 0 {
+            } else if load.shared > 0 {
                 // Another proxy's stream: it protects and renews the task.
                 e.idle_since = None;
                 if e.released_at.is_some() {
@@ -277,8 +277,8 @@ mod tests {
         })
     }
 
-    fn loads(local: usize, fleet: usize) -> HashMap<&'static str, Load> {
-        HashMap::from([("t", Load { local, fleet })])
+    fn loads(local: usize, shared: usize) -> HashMap<&'static str, Load> {
+        HashMap::from([("t", Load { local, shared })])
     }
 
     /// Plans at `r` and confirms every call as ECS would.
@@ -446,8 +446,20 @@ mod tests {
         step(
             &mut t,
             &HashMap::from([
-                ("t", Load { local: 1, fleet: 1 }),
-                ("u", Load { local: 1, fleet: 1 }),
+                (
+                    "t",
+                    Load {
+                        local: 1,
+                        shared: 1,
+                    },
+                ),
+                (
+                    "u",
+                    Load {
+                        local: 1,
+                        shared: 1,
+                    },
+                ),
             ]),
             &c.round(0, true, Some(0)),
         );
@@ -455,8 +467,20 @@ mod tests {
         r.release_idle_now = true;
         // "u" still has another proxy's stream.
         let l = HashMap::from([
-            ("t", Load { local: 0, fleet: 0 }),
-            ("u", Load { local: 0, fleet: 1 }),
+            (
+                "t",
+                Load {
+                    local: 0,
+                    shared: 0,
+                },
+            ),
+            (
+                "u",
+                Load {
+                    local: 0,
+                    shared: 1,
+                },
+            ),
         ]);
         assert_eq!(t.plan(&l, &r), [("t", Op::Disable)]);
         // Not without exact counts.

@@ -1,13 +1,13 @@
 //! The TCP proxy on `proxy.listen`: one task per client connection, from
 //! accept ([`listener`]) to the last byte.
 //!
-//! A connection goes through its phases in order ([`Connection::run`]):
+//! A connection goes through its phases in order (`Connection::run`):
 //!
 //! 1. **gate** (`protocol: rtmp`): a valid C0+C1 before anything is spent
 //!    on the client ([`rtmp::gate`]);
 //! 2. **admit**: a slot, waiting in the queue if the fleet is full, and
-//!    with a Redis store its fleet-wide lease; the client is watched while
-//!    it waits ([`watch`]);
+//!    with a Redis store its shared lease; the client is watched while
+//!    it waits (`watch`);
 //! 3. **connect**: to the slot's backend, sent what the client sent so far
 //!    and, in `rtmp` mode, checked for an answer ([`rtmp::Opening`]);
 //!    other backends are tried on failure ([`backend`]);
@@ -139,7 +139,7 @@ impl Connection<'_> {
             .map_err(|e| Stop::Rejected(e.reason(), e.to_string()))
     }
 
-    /// A slot (and with a Redis store its fleet-wide lease), watching the
+    /// A slot (and with a Redis store its shared lease), watching the
     /// client while it waits.
     async fn admit(&mut self) -> Result<Taken, Stop> {
         let Core {
@@ -409,7 +409,7 @@ impl Context {
     }
 }
 
-/// With a Redis slot store, the fleet-wide lease for a local slot; `None`
+/// With a Redis slot store, the shared lease for a local slot; `None`
 /// when other proxies hold the backend's last slot.
 async fn lease(core: &Core, slot: Slot) -> Option<Taken> {
     let Some(shared) = &core.shared else {
@@ -428,7 +428,7 @@ async fn lease(core: &Core, slot: Slot) -> Option<Taken> {
     }
 }
 
-/// A backend slot and, with a Redis store, its fleet-wide lease.
+/// A backend slot and, with a Redis store, its shared lease.
 struct Taken {
     slot: Slot,
     lease: Option<Lease>,

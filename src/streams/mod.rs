@@ -24,7 +24,10 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::balancer::redis::SharedSlots;
+pub mod shared;
+
+use shared::SharedStreams;
+
 use crate::rtmp::{self, Role, StreamInfo};
 
 /// A live connection's byte counts, read when it is listed.
@@ -35,11 +38,11 @@ pub trait Traffic: Send + Sync {
 
 /// All live entries of this process, and the records of older processes
 /// still draining; with the Redis slot store, its publishers are also
-/// listed fleet-wide, so any proxy can answer `/streams/{app}/{key}`.
+/// listed in the shared directory, so any proxy can answer `/streams/{app}/{key}`.
 #[derive(Default)]
 pub struct Directory {
     inner: Mutex<Inner>,
-    fleet: OnceLock<Arc<SharedSlots>>,
+    shared: OnceLock<Arc<SharedStreams>>,
 }
 
 #[derive(Default)]
@@ -66,7 +69,7 @@ struct Inherited {
 pub struct Record {
     /// Unique among the processes of an upgrade chain: `<pid>-<n>`.
     pub id: String,
-    /// [`fleet_id`] of app and key, once identified.
+    /// `shared_id` of app and key, once identified.
     pub lookup: Option<String>,
     pub view: StreamView,
 }
@@ -86,7 +89,7 @@ struct Entry {
     started: SystemTime,
     flow: Arc<dyn Traffic>,
     state: State,
-    /// Its id in the fleet-wide directory, once listed there.
+    /// Its id in the shared directory, once listed there.
     listed: Option<String>,
 }
 
@@ -138,15 +141,15 @@ impl Directory {
     }
 
     /// Lists this process's publishers in Redis too, from now on.
-    pub fn set_fleet(&self, fleet: Arc<SharedSlots>) {
-        let _ = self.fleet.set(fleet);
+    pub fn set_shared(&self, shared: Arc<SharedStreams>) {
+        let _ = self.shared.set(shared);
     }
 
-    /// The stream as listed by any proxy of the fleet (Redis slot store),
+    /// The stream as listed by any proxy (Redis slot store),
     /// when this process does not have it.
-    pub async fn find_in_fleet(&self, app: &str, key: &str) -> Option<serde_json::Value> {
-        let fleet = self.fleet.get()?;
-        let entry = fleet.find_stream(&fleet_id(app, key)).await?;
+    pub async fn find_shared(&self, app: &str, key: &str) -> Option<serde_json::Value> {
+        let shared = self.shared.get()?;
+        let entry = shared.find(&shared_id(app, key)).await?;
         serde_json::from_str(&entry).ok()
     }
 
@@ -201,7 +204,7 @@ impl Directory {
     /// and players), the publisher wins, then the oldest.
     pub fn find(&self, app: &str, key: &str) -> Option<StreamView> {
         let inner = self.lock();
-        let lookup = fleet_id(app, key);
+        let lookup = shared_id(app, key);
         let inherited = inner
             .inherited
             .values()
@@ -232,11 +235,11 @@ impl Directory {
         if let Some(observer) = &inner.observer {
             observer(Change::Upsert(Box::new(e.record(record_id))));
         }
-        if let (Some(fleet), State::Identified(info)) = (self.fleet.get(), &e.state) {
+        if let (Some(shared), State::Identified(info)) = (self.shared.get(), &e.state) {
             if matches!(info.role, Role::Publish { .. }) {
-                let fid = fleet_id(app_name(&info.app), &info.stream_key);
+                let fid = shared_id(app_name(&info.app), &info.stream_key);
                 if let Ok(entry) = serde_json::to_string(&e.view()) {
-                    fleet.publish_stream(fid.clone(), entry);
+                    shared.publish(fid.clone(), entry);
                     e.listed = Some(fid);
                 }
             }
@@ -250,8 +253,8 @@ impl Directory {
             inner.tell(|| Change::Remove(inner.record_id(id)));
             removed
         };
-        if let (Some(fleet), Some(fid)) = (self.fleet.get(), removed.and_then(|e| e.listed)) {
-            fleet.unpublish_stream(fid);
+        if let (Some(shared), Some(fid)) = (self.shared.get(), removed.and_then(|e| e.listed)) {
+            shared.unpublish(fid);
         }
     }
 
@@ -378,7 +381,7 @@ impl Entry {
 
     fn record(&self, id: String) -> Record {
         let lookup = match &self.state {
-            State::Identified(i) => Some(fleet_id(app_name(&i.app), &i.stream_key)),
+            State::Identified(i) => Some(shared_id(app_name(&i.app), &i.stream_key)),
             _ => None,
         };
         Record {
@@ -453,9 +456,9 @@ impl Drop for Registration {
     }
 }
 
-/// A stream's id in the fleet-wide directory: a hash of app and key, so the
+/// A stream's id in the shared directory: a hash of app and key, so the
 /// secret key itself is never written to Redis.
-fn fleet_id(app: &str, key: &str) -> String {
+fn shared_id(app: &str, key: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
         .chain_update(app.as_bytes())
