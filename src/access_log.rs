@@ -6,11 +6,11 @@
 //! program's own log. Stream keys appear only redacted; the most recent
 //! rejections are also kept in memory for the stats page.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use log::{info, warn};
@@ -93,7 +93,7 @@ impl AccessLog {
         };
         match open_file(path) {
             Ok(file) => {
-                *self.sink.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
+                *self.sink.write() = Some(file);
                 info!("access log reopened: {path}");
             }
             Err(e) => warn!("{e}; still writing to the old file"),
@@ -112,7 +112,7 @@ impl AccessLog {
         }
         record.time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         if record.event == "rejected" {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut recent = self.recent.lock();
             if recent.len() == RECENT {
                 recent.pop_front();
             }
@@ -129,7 +129,7 @@ impl AccessLog {
         line.push(b'\n');
         // One write per line, so lines from concurrent connections never
         // interleave; a failing sink must not stop the proxy.
-        let sink = self.sink.read().unwrap_or_else(|p| p.into_inner());
+        let sink = self.sink.read();
         if let Some(Err(e)) = sink.as_ref().map(|mut f| f.write_all(&line)) {
             warn!("cannot write the access log: {e}");
         }
@@ -137,12 +137,7 @@ impl AccessLog {
 
     /// The last rejections, oldest first.
     pub fn recent_rejections(&self) -> Vec<Record> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.recent.lock().iter().cloned().collect()
     }
 }
 

@@ -13,8 +13,9 @@
 //! A check that fails for want of a local resource (descriptors, memory,
 //! ports) says nothing about the backend: it changes no backend's state.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,8 +53,8 @@ impl ReportingCheck {
         }
     }
 
-    fn local_episode(&self) -> std::sync::MutexGuard<'_, Episode> {
-        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    fn local_episode(&self) -> parking_lot::MutexGuard<'_, Episode> {
+        self.local.lock()
     }
 
     /// A [`ConnectError::LocalShortage`] is no verdict on the backend.

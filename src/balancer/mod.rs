@@ -14,9 +14,10 @@ pub mod gauges;
 pub mod policy;
 pub mod redis;
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{info, warn};
@@ -172,9 +173,7 @@ impl SlotTable {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock exits the process (see main), so a
-        // poisoned lock can only be seen during that exit.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     /// Takes a slot, waiting in the FIFO queue up to `wait` if none is free.

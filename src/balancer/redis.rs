@@ -24,10 +24,11 @@
 //! All Redis I/O runs on one dedicated runtime: Pingora gives each service
 //! its own, and a connection's driver task must outlive any one of them.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -220,7 +221,7 @@ impl SharedSlots {
     /// scale-in protection releases a server only on counts read after it
     /// went idle, so a stream another proxy just started is not missed.
     pub fn counts_read_at(&self) -> Option<Instant> {
-        *self.counts_read.lock().unwrap_or_else(|p| p.into_inner())
+        *self.counts_read.lock()
     }
 
     /// Takes a shared slot on `addr` for a client that holds a local one.
@@ -264,16 +265,11 @@ impl SharedSlots {
     }
 
     fn own_insert(&self, addr: SocketAddr, member: String) {
-        self.own
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(addr)
-            .or_default()
-            .push(member);
+        self.own.lock().entry(addr).or_default().push(member);
     }
 
     fn own_remove(&self, addr: SocketAddr, member: &str) {
-        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        let mut own = self.own.lock();
         if let Some(members) = own.get_mut(&addr) {
             members.retain(|m| m != member);
             if members.is_empty() {
@@ -323,7 +319,6 @@ impl SharedSlots {
         let own: Vec<(SocketAddr, String)> = self
             .own
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .flat_map(|(a, ms)| ms.iter().map(move |m| (*a, m.clone())))
             .collect();
@@ -369,7 +364,7 @@ impl SharedSlots {
                 return;
             }
         }
-        let own = self.own.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let own = self.own.lock().clone();
         let remote: Vec<(SocketAddr, usize)> = addrs
             .iter()
             .zip(counts)
@@ -379,7 +374,7 @@ impl SharedSlots {
             })
             .collect();
         self.table.set_remote(&remote);
-        *self.counts_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        *self.counts_read.lock() = Some(started);
     }
 
     /// Other proxies announce releases: refresh at once so our queue moves.

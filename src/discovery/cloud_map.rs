@@ -381,7 +381,7 @@ impl Intercept for NoHostPrefixForCustomEndpoint {
 pub struct CloudMapDiscovery {
     settings: CloudMapConfig,
     client: tokio::sync::OnceCell<CloudMapClient>,
-    state: std::sync::Mutex<PollState>,
+    state: parking_lot::Mutex<PollState>,
 }
 
 struct PollState {
@@ -401,7 +401,7 @@ impl CloudMapDiscovery {
         Self {
             settings,
             client: tokio::sync::OnceCell::new(),
-            state: std::sync::Mutex::new(PollState {
+            state: parking_lot::Mutex::new(PollState {
                 backoff: Backoff::new(
                     refresh,
                     refresh.saturating_mul(12).max(Duration::from_secs(60)),
@@ -413,8 +413,8 @@ impl CloudMapDiscovery {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, PollState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, PollState> {
+        self.state.lock()
     }
 
     /// One call's budget: at most the refresh period, at most 10 s.
@@ -662,7 +662,7 @@ mod tests {
     /// Records the URI of the first request and aborts it before transmission,
     /// so the endpoint can be checked without any network traffic.
     #[derive(Debug, Default, Clone)]
-    struct CaptureUri(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+    struct CaptureUri(std::sync::Arc<parking_lot::Mutex<Option<String>>>);
 
     impl Intercept for CaptureUri {
         fn name(&self) -> &'static str {
@@ -675,7 +675,7 @@ mod tests {
             _runtime_components: &RuntimeComponents,
             _cfg: &mut ConfigBag,
         ) -> Result<(), BoxError> {
-            *self.0.lock().unwrap() = Some(context.request().uri().to_owned());
+            *self.0.lock() = Some(context.request().uri().to_owned());
             Err("captured; not sending".into())
         }
     }
@@ -709,7 +709,7 @@ mod tests {
             result.is_err(),
             "the capture interceptor must stop the request"
         );
-        let uri = capture.0.lock().unwrap().clone();
+        let uri = capture.0.lock().clone();
         uri.expect("no request was built")
     }
 

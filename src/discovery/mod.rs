@@ -80,7 +80,7 @@ impl ServiceDiscovery for StaticDiscovery {
 pub struct Fleet {
     /// Each source with its name for metrics.
     sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)>,
-    last_good: std::sync::Mutex<Vec<Option<BTreeSet<Backend>>>>,
+    last_good: parking_lot::Mutex<Vec<Option<BTreeSet<Backend>>>>,
     table: Arc<SlotTable>,
 }
 
@@ -89,7 +89,7 @@ impl Fleet {
         sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)>,
         table: Arc<SlotTable>,
     ) -> Self {
-        let last_good = std::sync::Mutex::new(vec![None; sources.len()]);
+        let last_good = parking_lot::Mutex::new(vec![None; sources.len()]);
         Self {
             sources,
             last_good,
@@ -118,7 +118,7 @@ impl ServiceDiscovery for Fleet {
         }
         let all_fresh = answers.iter().all(Option::is_some);
         let sets = {
-            let mut last_good = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last_good = self.last_good.lock();
             for (slot, answer) in last_good.iter_mut().zip(answers) {
                 if answer.is_some() {
                     *slot = answer;

@@ -11,8 +11,9 @@
 //! for its request headers (also bounding an idle keep-alive connection),
 //! a bounded header size, and a share of the open-file limit.
 
+use parking_lot::Mutex;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -283,7 +284,7 @@ struct RateLimited(Mutex<(Option<Instant>, u64)>);
 impl RateLimited {
     /// `Some(n)`: log now, `n` lines were left out since the last one.
     fn allow(&self) -> Option<u64> {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.0.lock();
         let (last, suppressed) = &mut *state;
         let now = Instant::now();
         if last.is_some_and(|t| now.saturating_duration_since(t) < LOG_INTERVAL) {
@@ -315,7 +316,7 @@ mod tests {
         assert_eq!(limit.allow(), Some(0));
         assert_eq!(limit.allow(), None);
         assert_eq!(limit.allow(), None);
-        *limit.0.lock().unwrap() = (Instant::now().checked_sub(LOG_INTERVAL), 2);
+        *limit.0.lock() = (Instant::now().checked_sub(LOG_INTERVAL), 2);
         assert_eq!(limit.allow(), Some(2));
     }
 

@@ -30,12 +30,13 @@
 //! kept, so every message is one datagram, tagged by its first byte. It is
 //! served by plain threads: it carries a handful of messages per stream.
 
+use parking_lot::{Condvar, Mutex};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{info, warn};
@@ -183,16 +184,14 @@ impl Handoff {
     /// Blocks until the old process has handed off (bounded by `limit`).
     pub fn wait_ready(&self, limit: Duration) -> bool {
         let (lock, cv) = &self.ready;
-        let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (guard, _) = cv
-            .wait_timeout_while(guard, limit, |ready| !*ready)
-            .unwrap_or_else(|p| p.into_inner());
-        *guard
+        let mut ready = lock.lock();
+        cv.wait_while_for(&mut ready, |ready| !*ready, limit);
+        *ready
     }
 
     fn set_ready(&self) {
         let (lock, cv) = &self.ready;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock.lock() = true;
         cv.notify_all();
     }
 
@@ -282,7 +281,7 @@ impl Handoff {
                     continue;
                 }
             };
-            let mut successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
+            let mut successor = self.successor.lock();
             if successor.is_some() {
                 warn!("a second new process tried to take over; refused");
                 continue;
@@ -359,13 +358,13 @@ impl Handoff {
     fn drop_successor(&self) {
         self.table.unsubscribe();
         self.streams.unsubscribe();
-        *self.successor.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.successor.lock() = None;
     }
 
     /// Old process, on SIGQUIT: hands off to the connected new process, or
     /// says why it cannot.
     pub fn begin(&self, lifecycle: &Lifecycle) -> Result<(), NoSuccessor> {
-        let successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
+        let successor = self.successor.lock();
         let Some(tx) = successor.as_ref() else {
             return Err(NoSuccessor::NotWaiting);
         };
@@ -387,7 +386,7 @@ impl Handoff {
         pending: Vec<u8>,
         session: SessionGuard,
     ) -> Result<(), (TcpStream, SessionGuard)> {
-        let successor = self.successor.lock().unwrap_or_else(|p| p.into_inner());
+        let successor = self.successor.lock();
         let Some(tx) = successor.as_ref() else {
             return Err((client, session));
         };

@@ -26,8 +26,9 @@
 
 pub mod handoff;
 
+use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -111,10 +112,7 @@ impl Lifecycle {
     /// Runs `f` on every SIGHUP (on the signal thread: `f` bounds its own
     /// time and logs its own outcome).
     pub fn on_hangup(&self, f: impl Fn() + Send + 'static) {
-        self.hangup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(f));
+        self.hangup.lock().push(Box::new(f));
     }
 
     /// Installs the handlers for SIGHUP, SIGINT, SIGUSR1, SIGUSR2 and
@@ -158,7 +156,7 @@ impl Lifecycle {
     }
 
     fn hang_up(&self) {
-        let hooks = self.hangup.lock().unwrap_or_else(|p| p.into_inner());
+        let hooks = self.hangup.lock();
         info!("SIGHUP: reopening ({} hook(s))", hooks.len());
         for hook in hooks.iter() {
             hook();
@@ -188,10 +186,7 @@ impl Lifecycle {
     /// Runs `f` once the drain is over, just before the process exits (not
     /// after SIGINT). The exit waits for it: `f` bounds its own time.
     pub fn before_exit(&self, f: impl FnOnce() + Send + 'static) {
-        self.before_exit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(f));
+        self.before_exit.lock().push(Box::new(f));
     }
 
     pub fn phase(&self) -> Phase {
@@ -208,12 +203,12 @@ impl Lifecycle {
 
     /// Counts a client connection for as long as the guard lives.
     pub fn session(self: &Arc<Self>) -> SessionGuard {
-        *self.sessions.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        *self.sessions.lock() += 1;
         SessionGuard(self.clone())
     }
 
     pub fn sessions(&self) -> usize {
-        *self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        *self.sessions.lock()
     }
 
     /// Resolves when sessions must end now (`drain_timeout` passed).
@@ -236,7 +231,7 @@ impl Lifecycle {
     fn wait_sessions_gone(&self, limit: Duration) -> usize {
         // A limit beyond what `Instant` can hold means no limit.
         let deadline = Instant::now().checked_add(limit);
-        let mut n = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = self.sessions.lock();
         while *n > 0 {
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
@@ -246,11 +241,7 @@ impl Lifecycle {
             if left.is_zero() {
                 break;
             }
-            n = self
-                .sessions_changed
-                .wait_timeout(n, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            self.sessions_changed.wait_for(&mut n, left);
         }
         *n
     }
@@ -295,8 +286,7 @@ impl Lifecycle {
             }
         }
         info!("drained; exiting");
-        let hooks =
-            std::mem::take(&mut *self.before_exit.lock().unwrap_or_else(|p| p.into_inner()));
+        let hooks = std::mem::take(&mut *self.before_exit.lock());
         for hook in hooks {
             hook();
         }
@@ -309,7 +299,7 @@ pub struct SessionGuard(Arc<Lifecycle>);
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let mut n = self.0.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = self.0.sessions.lock();
         *n = n.saturating_sub(1);
         // The drain waits for zero; a wake-up per connection would cost a
         // system call each.

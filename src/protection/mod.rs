@@ -24,8 +24,9 @@ pub mod ecs;
 pub mod outcome;
 pub mod tracker;
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
@@ -139,7 +140,7 @@ impl Protection {
     }
 
     fn media(&self) -> MutexGuard<'_, Tracker<TaskKey>> {
-        self.media.lock().unwrap_or_else(|p| p.into_inner())
+        self.media.lock()
     }
 
     /// The task with its cluster: the configured one, else the instance's

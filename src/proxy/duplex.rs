@@ -9,12 +9,13 @@
 //! flushes the writer whenever its reader has nothing (for writers that
 //! buffer; a tokio socket does not) and propagates half-close.
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -110,7 +111,7 @@ impl Flow {
 
     /// Has [`run`] hand `tap` a copy of every read from the client.
     pub fn tap_client(&self, tap: ClientTap) {
-        *self.client_tap.lock().unwrap_or_else(|p| p.into_inner()) = Some(tap);
+        *self.client_tap.lock() = Some(tap);
     }
 
     /// Counts bytes moved outside the copy loop (e.g. data a client sent
@@ -178,11 +179,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let tap = flow
-        .client_tap
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let tap = flow.client_tap.lock().take();
     let mut up = Direction::new(Side::Client, tap);
     let mut down = Direction::new(Side::Backend, None);
     let copy = std::future::poll_fn(|cx| {
@@ -539,7 +536,7 @@ mod tests {
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         f.tap_client(Box::new(move |b| {
-            let mut log = log.lock().unwrap();
+            let mut log = log.lock();
             log.extend_from_slice(b);
             log.len() < 3
         }));
@@ -556,7 +553,7 @@ mod tests {
         let (end, ()) = tokio::join!(proxy(proxy_client, proxy_backend, &f), peers);
         assert_eq!(end, End::Closed(Side::Client));
         // Declined after "abcd": "ef" was forwarded but not shown.
-        assert_eq!(*seen.lock().unwrap(), b"abcd");
+        assert_eq!(*seen.lock(), b"abcd");
     }
 
     /// A slow reader on the far side makes every write push back: the bytes

@@ -449,14 +449,14 @@ impl Taken {
 /// accepted here.
 pub struct Forwarded {
     core: Arc<Core>,
-    clients: std::sync::Mutex<Option<UnboundedReceiver<ForwardedClient>>>,
+    clients: parking_lot::Mutex<Option<UnboundedReceiver<ForwardedClient>>>,
 }
 
 impl Forwarded {
     pub fn new(core: Arc<Core>, clients: UnboundedReceiver<ForwardedClient>) -> Self {
         Self {
             core,
-            clients: std::sync::Mutex::new(Some(clients)),
+            clients: parking_lot::Mutex::new(Some(clients)),
         }
     }
 }
@@ -464,7 +464,7 @@ impl Forwarded {
 #[async_trait]
 impl BackgroundService for Forwarded {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let taken = self.clients.lock().ok().and_then(|mut c| c.take());
+        let taken = self.clients.lock().take();
         let Some(mut clients) = taken else { return };
         while let Some(c) = clients.recv().await {
             let std_stream = std::net::TcpStream::from(c.fd);

@@ -17,9 +17,10 @@
 //! record carries the view, already redacted, and a hash of app and key for
 //! lookups: the key itself never leaves the process that saw it.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -154,8 +155,7 @@ impl Directory {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock exits the process (see main).
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     /// Adds a connection that has just reached `backend`; it leaves the
@@ -626,10 +626,10 @@ mod tests {
         new.inherit(Change::Upsert(Box::new(record("7-1"))));
         let told = Arc::new(Mutex::new(Vec::new()));
         let log = told.clone();
-        new.subscribe(move |c| log.lock().unwrap().push(c));
+        new.subscribe(move |c| log.lock().push(c));
         assert_eq!(new.forget_inherited(), 2);
         assert!(new.list(false).is_empty());
-        let told = told.lock().unwrap();
+        let told = told.lock();
         assert_eq!(told.len(), 4);
         assert_eq!(told[3], Change::Remove("7-1".into()));
         drop(newest);

@@ -2,8 +2,9 @@
 //! proxy lists its publishers under a hash of app and key, with the same
 //! lease as its slots, so any proxy can answer `/streams/{app}/{key}`.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::redis::Store;
@@ -40,10 +41,7 @@ impl SharedStreams {
     /// Lists a publisher in the shared stream directory (`id`: a hash
     /// of app and key), with the same lease as slots.
     pub fn publish(self: &Arc<Self>, id: String, entry: String) {
-        self.own
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), entry.clone());
+        self.own.lock().insert(id.clone(), entry.clone());
         let me = self.clone();
         self.store.runtime.spawn(async move {
             let mut conn = me.store.conn.clone();
@@ -61,10 +59,7 @@ impl SharedStreams {
     }
 
     pub fn unpublish(self: &Arc<Self>, id: String) {
-        self.own
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.own.lock().remove(&id);
         let me = self.clone();
         self.store.runtime.spawn(async move {
             let mut conn = me.store.conn.clone();
@@ -92,7 +87,7 @@ impl SharedStreams {
     }
 
     async fn renew(&self) {
-        let entries = self.own.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let entries = self.own.lock().clone();
         if entries.is_empty() {
             return;
         }
