@@ -26,7 +26,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::balancer::gauges::SlotGauges;
-use crate::balancer::redis::{SharedSlots, Store};
+use crate::balancer::redis::{SharedSlots, Store, StoreError};
 use crate::balancer::SlotTable;
 use crate::config::{self, ProxyConfig, SlotStore};
 use crate::core::{self, Core, Settings};
@@ -41,6 +41,7 @@ use crate::memory;
 use crate::metrics;
 use crate::protection::Protection;
 use crate::proxy::{listener::Listener, Forwarded};
+use crate::runtime::RuntimeError;
 use crate::streams::shared::SharedStreams;
 use crate::streams::Directory;
 
@@ -81,9 +82,10 @@ pub enum StartError {
     Handoff(#[from] HandoffError),
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
-    /// The Redis slot store or scale-in protection.
-    #[error("{0}")]
-    Service(String),
+    #[error(transparent)]
+    Redis(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// Runs the proxy as the command line says; returns only on a start-up
@@ -196,18 +198,19 @@ fn build_core(
                 &proxy.slots.key_prefix,
                 lease,
                 proxy.connect_timeout.get(),
-            )
-            .map_err(StartError::Service)?;
+            )?;
             streams.set_shared(SharedStreams::start(store.clone(), lease));
             Some(SharedSlots::start(store, lease, table.clone(), url))
         }
         _ => None,
     };
     let protection = if proxy.scale_in_protection.enabled {
-        Some(
-            Protection::start(proxy, table.clone(), lifecycle.clone(), shared.clone())
-                .map_err(StartError::Service)?,
-        )
+        Some(Protection::start(
+            proxy,
+            table.clone(),
+            lifecycle.clone(),
+            shared.clone(),
+        )?)
     } else {
         None
     };

@@ -85,6 +85,18 @@ pub enum LeaseOutcome {
     Full,
 }
 
+/// The Redis slot store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("proxy.slots.url {url:?}: {source}")]
+    Url {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+}
+
 /// The one Redis connection of this process, shared by the slots
 /// ([`SharedSlots`]) and the stream directory (`streams::shared`), with
 /// whether Redis answers.
@@ -108,8 +120,12 @@ impl Store {
         prefix: &str,
         lease: Duration,
         call_timeout: Duration,
-    ) -> Result<Arc<Self>, String> {
-        let client = Client::open(url).map_err(|e| format!("proxy.slots.url {url:?}: {e}"))?;
+    ) -> Result<Arc<Self>, StoreError> {
+        let bad_url = |source| StoreError::Url {
+            url: url.to_owned(),
+            source,
+        };
+        let client = Client::open(url).map_err(bad_url)?;
         let runtime = crate::runtime::dedicated("redis")?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(call_timeout))
@@ -117,8 +133,7 @@ impl Store {
             .set_number_of_retries(1);
         let conn = {
             let _guard = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), config)
-                .map_err(|e| format!("proxy.slots.url {url:?}: {e}"))?
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(bad_url)?
         };
         Ok(Arc::new(Self {
             prefix: format!("{{{prefix}}}"),

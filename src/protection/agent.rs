@@ -37,10 +37,22 @@ pub struct Agent {
     timeout: Duration,
 }
 
+/// `ECS_AGENT_URI` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentUriError {
+    #[error("{ENV} {base:?} is not a URL: {source}")]
+    NotUrl {
+        base: String,
+        source: hyper::http::uri::InvalidUri,
+    },
+    #[error("{ENV} {0:?}: expected an http:// URL")]
+    NotHttp(String),
+}
+
 impl Agent {
     /// The agent named by `ECS_AGENT_URI`; `None` when it is unset (not
     /// running on ECS).
-    pub fn from_env(timeout: Duration) -> Result<Option<Agent>, String> {
+    pub fn from_env(timeout: Duration) -> Result<Option<Agent>, AgentUriError> {
         match std::env::var(ENV) {
             Ok(base) if !base.is_empty() => Self::new(&base, timeout).map(Some),
             _ => Ok(None),
@@ -49,14 +61,15 @@ impl Agent {
 
     /// `base` carries a path (`http://169.254.170.2/api/<id>`): the state
     /// endpoint is appended to it.
-    pub fn new(base: &str, timeout: Duration) -> Result<Agent, String> {
+    pub fn new(base: &str, timeout: Duration) -> Result<Agent, AgentUriError> {
         let url = format!("{}/task-protection/v1/state", base.trim_end_matches('/'));
-        let url: hyper::Uri = url
-            .parse()
-            .map_err(|e| format!("{ENV} {base:?} is not a URL: {e}"))?;
+        let url: hyper::Uri = url.parse().map_err(|e| AgentUriError::NotUrl {
+            base: base.to_owned(),
+            source: e,
+        })?;
         // The agent listens on plain HTTP on a link-local address.
         if url.scheme_str() != Some("http") {
-            return Err(format!("{ENV} {base:?}: expected an http:// URL"));
+            return Err(AgentUriError::NotHttp(base.to_owned()));
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));

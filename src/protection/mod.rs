@@ -84,7 +84,7 @@ impl Protection {
         table: Arc<SlotTable>,
         lifecycle: Arc<Lifecycle>,
         shared: Option<Arc<SharedSlots>>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, crate::runtime::RuntimeError> {
         let settings = config.scale_in_protection.clone();
         // A bad agent URI costs the self-protection, not the proxy.
         let agent = Agent::from_env(CALL_TIMEOUT).unwrap_or_else(|e| {
