@@ -323,7 +323,7 @@ pub enum CheckKind {
 #[serde(default, deny_unknown_fields)]
 pub struct SlotsConfig {
     /// `local` (default): this process's own table. `redis`: leases in
-    /// Redis shared by every proxy, so caps hold across the fleet.
+    /// Redis shared by every proxy, so caps hold across proxies.
     pub store: SlotStore,
     /// `redis://host:6379/0` (or `rediss://` for TLS). Required for `redis`.
     pub url: Option<String>,

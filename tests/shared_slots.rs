@@ -189,7 +189,7 @@ async fn any_proxy_finds_a_stream_published_through_another() {
         "{keys}"
     );
 
-    // Gone from the fleet once it ends.
+    // Gone from every proxy's directory once it ends.
     drop(publisher);
     let gone = wait_until(Duration::from_secs(10), || {
         http_get_blocking(a.admin, path).is_ok_and(|(s, _)| s == 404)

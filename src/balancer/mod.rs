@@ -145,7 +145,7 @@ struct Inner {
     /// When `sync` last ran: discovery's last successful answer.
     synced_at: Option<std::time::SystemTime>,
     /// Told of every take and release, while a successor listens.
-    observer: Option<Subscriber>,
+    subscriber: Option<Subscriber>,
     /// No more grants: the slots belong to a successor process.
     frozen: bool,
 }
@@ -165,7 +165,7 @@ impl SlotTable {
                 queue: VecDeque::new(),
                 next_waiter: 0,
                 synced_at: None,
-                observer: None,
+                subscriber: None,
                 frozen: false,
             }),
             limits,
@@ -359,23 +359,23 @@ impl SlotTable {
         self.dispatch();
     }
 
-    /// Tells `observer` of every slot held now (as takes) and of every
+    /// Tells `subscriber` of every slot held now (as takes) and of every
     /// take and release from now on; returns how many are held.
-    pub fn subscribe(&self, observer: impl Fn(SlotEvent) + Send + 'static) -> usize {
+    pub fn subscribe(&self, subscriber: impl Fn(SlotEvent) + Send + 'static) -> usize {
         let mut inner = self.lock();
         let mut held = 0;
         for b in &inner.backends {
             for _ in 0..b.active {
-                observer(SlotEvent::Take(b.member.addr));
+                subscriber(SlotEvent::Take(b.member.addr));
                 held += 1;
             }
         }
-        inner.observer = Some(Box::new(observer));
+        inner.subscriber = Some(Box::new(subscriber));
         held
     }
 
     pub fn unsubscribe(&self) {
-        self.lock().observer = None;
+        self.lock().subscriber = None;
     }
 
     /// Stops granting slots for good: queued clients are told
@@ -514,8 +514,8 @@ impl SlotTable {
 
 impl Inner {
     fn notify(&self, event: SlotEvent) {
-        if let Some(observer) = &self.observer {
-            observer(event);
+        if let Some(subscriber) = &self.subscriber {
+            subscriber(event);
         }
     }
 

@@ -43,7 +43,7 @@ pub enum Op {
 pub struct Round {
     pub now: Instant,
     pub wall: SystemTime,
-    /// Fleet counts are exact: a task may be released.
+    /// Shared counts are exact: a task may be released.
     pub can_release: bool,
     /// When the counts behind `Load::shared` were read (began).
     pub counts_read_at: Option<Instant>,

@@ -57,7 +57,7 @@ struct Inner {
     /// Streams still live on an older process, by their record id.
     inherited: BTreeMap<String, Inherited>,
     /// The successor of an upgrade, told of every change while connected.
-    observer: Option<Box<dyn Fn(Change) + Send>>,
+    subscriber: Option<Box<dyn Fn(Change) + Send>>,
 }
 
 struct Inherited {
@@ -232,8 +232,8 @@ impl Directory {
             return;
         };
         e.state = state;
-        if let Some(observer) = &inner.observer {
-            observer(Change::Upsert(Box::new(e.record(record_id))));
+        if let Some(subscriber) = &inner.subscriber {
+            subscriber(Change::Upsert(Box::new(e.record(record_id))));
         }
         if let (Some(shared), State::Identified(info)) = (self.shared.get(), &e.state) {
             if matches!(info.role, Role::Publish { .. }) {
@@ -258,10 +258,10 @@ impl Directory {
         }
     }
 
-    /// Tells `observer` of every stream, own and inherited, then of every
+    /// Tells `subscriber` of every stream, own and inherited, then of every
     /// change until [`unsubscribe`](Self::unsubscribe). Returns how many
     /// streams it was told of.
-    pub fn subscribe(&self, observer: impl Fn(Change) + Send + 'static) -> usize {
+    pub fn subscribe(&self, subscriber: impl Fn(Change) + Send + 'static) -> usize {
         let mut inner = self.lock();
         let inherited = inner.inherited.iter().map(|(id, i)| Record {
             id: id.clone(),
@@ -271,23 +271,23 @@ impl Directory {
         let all: Vec<Record> = inherited.chain(inner.own_records()).collect();
         let told = all.len();
         for record in all {
-            observer(Change::Upsert(Box::new(record)));
+            subscriber(Change::Upsert(Box::new(record)));
         }
-        inner.observer = Some(Box::new(observer));
+        inner.subscriber = Some(Box::new(subscriber));
         told
     }
 
     pub fn unsubscribe(&self) {
-        self.lock().observer = None;
+        self.lock().subscriber = None;
     }
 
-    /// Tells the observer the current counters of this process's streams.
+    /// Tells the subscriber the current counters of this process's streams.
     pub fn refresh(&self) {
         let inner = self.lock();
-        if let Some(observer) = &inner.observer {
+        if let Some(subscriber) = &inner.subscriber {
             inner
                 .own_records()
-                .for_each(|r| observer(Change::Upsert(Box::new(r))));
+                .for_each(|r| subscriber(Change::Upsert(Box::new(r))));
         }
     }
 
@@ -339,8 +339,8 @@ impl Inner {
     }
 
     fn tell(&self, change: impl FnOnce() -> Change) {
-        if let Some(observer) = &self.observer {
-            observer(change());
+        if let Some(subscriber) = &self.subscriber {
+            subscriber(change());
         }
     }
 }

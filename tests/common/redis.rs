@@ -1,4 +1,4 @@
-//! A real `redis-server` on loopback for the fleet-wide slot store.
+//! A real `redis-server` on loopback for the shared slot store.
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
