@@ -196,8 +196,8 @@ pub struct ProxyConfig {
     /// reconnect, to another server, rather than `idle_timeout` of silence
     /// and a reconnect to the same hung one.
     pub stall_timeout: Millis<100, 86_400_000>,
-    /// Where the JSON access log goes: `stderr` (default), `off`, or a file
-    /// path (appended to). One line per client connection when it ends.
+    /// Where the JSON access log goes: `stderr`, `off`, or a file path
+    /// (appended to). One line per client connection when it ends.
     pub access_log: String,
     /// Time between two progress lines of a live connection in the access
     /// log.
@@ -213,7 +213,7 @@ pub struct ProxyConfig {
     /// Where backend slots are counted: this process only, or shared
     /// in Redis for several proxies behind one DNS name or load balancer.
     pub slots: SlotsConfig,
-    /// What clients speak: `rtmp` (default) takes a backend slot only after
+    /// What clients speak: `rtmp` takes a backend slot only after
     /// a valid RTMP C0+C1 and watches which stream a client publishes or
     /// plays; `tcp` proxies any bytes at once.
     pub protocol: Protocol,
@@ -221,8 +221,8 @@ pub struct ProxyConfig {
     /// bytes) before it is closed (reason `handshake_timeout`).
     pub handshake_timeout: Millis<100, 300_000>,
     /// PROXY protocol header sent first on every backend connection, so
-    /// media servers see the client's address: `off` (default), `v1`
-    /// (text) or `v2` (binary).
+    /// media servers see the client's address: `off`, `v1` (text) or `v2`
+    /// (binary).
     pub send_proxy: SendProxy,
     /// Active checks of every backend (TCP connect, or RTMP handshake).
     pub health_check: HealthCheckConfig,
@@ -322,8 +322,8 @@ pub enum CheckKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SlotsConfig {
-    /// `local` (default): this process's own table. `redis`: leases in
-    /// Redis shared by every proxy, so caps hold across proxies.
+    /// `local`: this process's own table. `redis`: leases in Redis shared
+    /// by every proxy, so caps hold across proxies.
     pub store: SlotStore,
     /// `redis://host:6379/0` (or `rediss://` for TLS). Required for `redis`.
     pub url: Option<String>,
@@ -369,41 +369,106 @@ pub struct BackendsConfig {
 /// Map service (ECS service discovery registers each task). Credentials and
 /// region come from the AWS SDK's default chain (the ECS task role on
 /// Fargate, environment variables locally).
+///
+/// `namespace` and `service` have no default: the derived parse (`remote =
+/// "Self"`) fills a missing key from `Default` like every section, and the
+/// `Deserialize` impl below then fails on a missing one, as a required key
+/// does elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", default, deny_unknown_fields)]
 pub struct CloudMapConfig {
     /// Namespace name, e.g. `media.internal`.
-    pub namespace: String,
+    pub namespace: Required,
     /// Service name within the namespace.
-    pub service: String,
-    /// AWS region; default: the SDK's default chain.
-    #[serde(default)]
+    pub service: Required,
+    /// AWS region; unset: the SDK's default chain.
     pub region: Option<String>,
     /// API endpoint override (e.g. a local moto server); the SDK also reads
     /// `AWS_ENDPOINT_URL_SERVICEDISCOVERY`.
-    #[serde(default)]
     pub endpoint: Option<String>,
     /// Port used for an instance without an `AWS_INSTANCE_PORT` attribute.
-    #[serde(default = "CloudMapConfig::default_port")]
     pub port: u16,
     /// Which instances to ask for: `HEALTHY`, `UNHEALTHY`, `ALL` or
-    /// `HEALTHY_OR_ELSE_ALL` (default: healthy ones, or all when none is,
-    /// so a health-reporting outage does not empty the fleet).
-    #[serde(default)]
+    /// `HEALTHY_OR_ELSE_ALL` (healthy ones, or all when none is, so a
+    /// health-reporting outage does not empty the fleet).
     pub health_status: HealthStatus,
     /// Time between two `DiscoverInstances` calls.
-    #[serde(default = "CloudMapConfig::default_refresh")]
     pub refresh: Millis<100, 3_600_000>,
     /// Attribute filters Cloud Map applies (`DiscoverInstances`'
-    /// `QueryParameters`). Default none.
-    #[serde(default)]
+    /// `QueryParameters`).
     pub query_parameters: std::collections::BTreeMap<String, String>,
     /// Weight of an instance without a `weight` attribute.
-    #[serde(default)]
     pub weight: Weight,
     /// Cap of an instance without a `max_connections` attribute. `0` = unlimited.
-    #[serde(default)]
     pub max_connections: BackendCap,
+}
+
+impl Default for CloudMapConfig {
+    fn default() -> Self {
+        Self {
+            namespace: Required::default(),
+            service: Required::default(),
+            region: None,
+            endpoint: None,
+            port: DEFAULT_CLOUD_MAP_PORT,
+            health_status: HealthStatus::default(),
+            refresh: Millis::secs::<DEFAULT_CLOUD_MAP_REFRESH_SECS>(),
+            query_parameters: Default::default(),
+            weight: Weight::default(),
+            max_connections: BackendCap::default(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CloudMapConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(CloudMapVisitor)
+    }
+}
+
+/// Checks the required keys inside `visit_map`, so that serde_yaml gives a
+/// missing one the section's line, as for any derived struct.
+struct CloudMapVisitor;
+
+impl CloudMapVisitor {
+    fn required<E: de::Error>(c: CloudMapConfig) -> Result<CloudMapConfig, E> {
+        for (key, value) in [("namespace", &c.namespace), ("service", &c.service)] {
+            if value.0.is_none() {
+                return Err(E::missing_field(key));
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl<'de> Visitor<'de> for CloudMapVisitor {
+    type Value = CloudMapConfig;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The derived struct's wording.
+        f.write_str("struct CloudMapConfig")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<CloudMapConfig, A::Error> {
+        Self::required(CloudMapConfig::deserialize(
+            de::value::MapAccessDeserializer::new(map),
+        )?)
+    }
+}
+
+/// A string key without a default. Unset only in a `Default` section: a
+/// parse without the key fails.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Required(Option<String>);
+
+impl Required {
+    pub fn get(&self) -> &str {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for Required {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Self(Some(s)))
+    }
 }
 
 /// `proxy.backends.cloud_map.health_status`.
@@ -703,16 +768,6 @@ impl Default for ProxyConfig {
     }
 }
 
-impl CloudMapConfig {
-    fn default_port() -> u16 {
-        DEFAULT_CLOUD_MAP_PORT
-    }
-
-    fn default_refresh() -> Millis<100, 3_600_000> {
-        Millis::secs::<DEFAULT_CLOUD_MAP_REFRESH_SECS>()
-    }
-}
-
 // Values. Each fails inside a `Visitor`, so that serde_yaml reports the
 // line of the value itself rather than of the enclosing mapping.
 
@@ -735,7 +790,13 @@ fn parse_socket_addr(v: &str) -> Result<SocketAddr, String> {
 
 /// A backend's `IP:port` (nothing is resolved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendAddr(pub SocketAddr);
+pub struct BackendAddr(SocketAddr);
+
+impl BackendAddr {
+    pub fn get(self) -> SocketAddr {
+        self.0
+    }
+}
 
 impl<'de> Deserialize<'de> for BackendAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -867,7 +928,13 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Count<MIN, MAX> {
 
 /// Most connections a backend holds at once; `0` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendCap(pub usize);
+pub struct BackendCap(usize);
+
+impl BackendCap {
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
 
 impl Default for BackendCap {
     fn default() -> Self {
@@ -894,7 +961,13 @@ pub const MAX_BACKEND_CONNECTIONS: usize = 1_000_000;
 
 /// A backend's relative share of new connections, 1 to [`MAX_WEIGHT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Weight(pub usize);
+pub struct Weight(usize);
+
+impl Weight {
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
 
 impl Default for Weight {
     fn default() -> Self {
@@ -1039,6 +1112,34 @@ mod tests {
         assert!(
             e.contains("proxy.backends.cloud_map: missing field `namespace`"),
             "{e}"
+        );
+        let e = err("proxy:\n  backends:\n    cloud_map:\n      namespace: n\n");
+        assert_eq!(e, "4: proxy.backends.cloud_map: missing field `service`");
+    }
+
+    /// Ties the README test in tests/config_check.rs, which compares parses,
+    /// to the `Default` impls: a missing key takes its section's default.
+    #[test]
+    fn missing_keys_take_the_default() {
+        assert_eq!(parse("proxy: {}\n").unwrap(), ProxyConfig::default());
+        let c =
+            parse("proxy:\n  backends:\n    cloud_map:\n      namespace: n\n      service: s\n")
+                .unwrap();
+        assert_eq!(
+            c.backends.cloud_map,
+            Some(CloudMapConfig {
+                namespace: Required(Some("n".into())),
+                service: Required(Some("s".into())),
+                ..CloudMapConfig::default()
+            })
+        );
+        let c = parse("proxy:\n  backends:\n    static:\n      - addr: 127.0.0.1:1\n").unwrap();
+        assert_eq!(
+            (
+                c.backends.static_[0].weight,
+                c.backends.static_[0].max_connections
+            ),
+            (Weight::default(), BackendCap::default())
         );
     }
 

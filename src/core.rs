@@ -46,9 +46,9 @@ impl Core {
             .static_
             .iter()
             .map(|b| Member {
-                addr: b.addr.0,
-                weight: b.weight.0,
-                max_connections: b.max_connections.0,
+                addr: b.addr.get(),
+                weight: b.weight.get(),
+                max_connections: b.max_connections.get(),
                 source: "static".into(),
                 task: None,
             })

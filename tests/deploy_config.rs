@@ -168,11 +168,7 @@ fn entrypoint_applies_cloud_map_overrides() {
     let proxy = rtmp_proxy::config::parse(&std::fs::read_to_string(&rendered).unwrap()).unwrap();
     let cm = proxy.backends.cloud_map.unwrap();
     assert_eq!(
-        (
-            cm.namespace.as_str(),
-            cm.service.as_str(),
-            cm.region.as_deref()
-        ),
+        (cm.namespace.get(), cm.service.get(), cm.region.as_deref()),
         ("prod.media.internal", "nginx-rtmp_2", Some("eu-west-1"))
     );
     // Nothing else changed.

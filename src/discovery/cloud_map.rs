@@ -312,16 +312,16 @@ impl CloudMapClient {
         let output = self
             .client
             .discover_instances()
-            .namespace_name(&s.namespace)
-            .service_name(&s.service)
+            .namespace_name(s.namespace.get())
+            .service_name(s.service.get())
             .max_results(MAX_RESULTS)
             .health_status(health_filter(s.health_status))
             .set_query_parameters(query_parameters)
             .send()
             .await
             .map_err(|source| DiscoverError {
-                namespace: s.namespace.clone(),
-                service: s.service.clone(),
+                namespace: s.namespace.get().to_string(),
+                service: s.service.get().to_string(),
                 source,
             })?;
 
@@ -428,10 +428,10 @@ impl CloudMapDiscovery {
     fn member(&self, instance: &Instance) -> Member {
         Member {
             addr: instance.addr,
-            weight: instance.weight.unwrap_or(self.settings.weight.0),
+            weight: instance.weight.unwrap_or(self.settings.weight.get()),
             max_connections: instance
                 .max_connections
-                .unwrap_or(self.settings.max_connections.0),
+                .unwrap_or(self.settings.max_connections.get()),
             source: instance.id.clone(),
             // ECS service discovery registers each task under its task id.
             task: Some(crate::balancer::TaskRef {

@@ -53,9 +53,9 @@ impl StaticDiscovery {
             .enumerate()
             .map(|(i, b)| {
                 let member = Member {
-                    addr: b.addr.0,
-                    weight: b.weight.0,
-                    max_connections: b.max_connections.0,
+                    addr: b.addr.get(),
+                    weight: b.weight.get(),
+                    max_connections: b.max_connections.get(),
                     source: "static".into(),
                     task: None,
                 };
