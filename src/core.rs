@@ -10,6 +10,7 @@ use crate::balancer::redis::SharedSlots;
 use crate::balancer::Member;
 use crate::balancer::{policy, Limits, SlotTable};
 use crate::config::{Protocol, ProxyConfig, SendProxy};
+use crate::discovery::static_member;
 use crate::lifecycle::handoff::Handoff;
 use crate::lifecycle::{ExitFn, Lifecycle};
 use crate::protection::Protection;
@@ -41,18 +42,7 @@ impl Core {
     /// or health checks; no Redis, no ECS, no upgrades, no signals.
     pub fn standalone(config: &ProxyConfig, exit: ExitFn) -> Result<Arc<Core>, AccessLogError> {
         let table = slot_table(config);
-        let members: Vec<Member> = config
-            .backends
-            .static_
-            .iter()
-            .map(|b| Member {
-                addr: b.addr.get(),
-                weight: b.weight.get(),
-                max_connections: b.max_connections.get(),
-                source: "static".into(),
-                task: None,
-            })
-            .collect();
+        let members: Vec<Member> = config.backends.static_.iter().map(static_member).collect();
         table.sync(&members, true);
         let streams = Directory::new();
         // Never listened on: there is no successor to hand off to.

@@ -51,18 +51,20 @@ impl StaticDiscovery {
         let backends = list
             .iter()
             .enumerate()
-            .map(|(i, b)| {
-                let member = Member {
-                    addr: b.addr.get(),
-                    weight: b.weight.get(),
-                    max_connections: b.max_connections.get(),
-                    source: "static".into(),
-                    task: None,
-                };
-                backend(member, Some(Order(i)))
-            })
+            .map(|(i, b)| backend(static_member(b), Some(Order(i))))
             .collect();
         Self { backends }
+    }
+}
+
+/// A backend of `proxy.backends.static` as the slot table knows it.
+pub fn static_member(b: &StaticBackend) -> Member {
+    Member {
+        addr: b.addr.get(),
+        weight: b.weight.get(),
+        max_connections: b.max_connections.get(),
+        source: "static".into(),
+        task: None,
     }
 }
 
