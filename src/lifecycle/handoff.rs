@@ -37,7 +37,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
@@ -313,12 +313,17 @@ impl Handoff {
     }
 
     fn write_successor(&self, conn: OwnedFd, rx: mpsc::Receiver<Outgoing>) {
+        // A deadline, not a quiet spell: slot events may never pause for
+        // `REFRESH`, and the counters must still move.
+        let mut refresh_at = Instant::now() + REFRESH;
         loop {
-            let out = match rx.recv_timeout(REFRESH) {
+            let wait = refresh_at.saturating_duration_since(Instant::now());
+            let out = match rx.recv_timeout(wait) {
                 Ok(out) => out,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // The fresh counters come back through the queue.
                     self.streams.refresh();
+                    refresh_at = Instant::now() + REFRESH;
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
