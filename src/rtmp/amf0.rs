@@ -182,6 +182,68 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// Appends `values` in AMF0, as the proxy's own answers need them.
+/// Strings longer than 65535 bytes go out as long strings; a `Date`
+/// carries time zone 0. Object keys longer than 65535 bytes are cut (the
+/// proxy writes only its own, short keys).
+pub fn encode(values: &[Value], out: &mut Vec<u8>) {
+    for v in values {
+        encode_value(v, out);
+    }
+}
+
+fn encode_value(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Number(n) => {
+            out.push(NUMBER);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Value::Boolean(b) => out.extend_from_slice(&[BOOLEAN, u8::from(*b)]),
+        Value::String(s) => match u16::try_from(s.len()) {
+            Ok(len) => {
+                out.push(STRING);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Err(_) => {
+                out.push(LONG_STRING);
+                let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(s.as_bytes().get(..len as usize).unwrap_or_default());
+            }
+        },
+        Value::Object(props) => {
+            out.push(OBJECT);
+            for (k, v) in props {
+                let key = k
+                    .as_bytes()
+                    .get(..usize::from(u16::MAX))
+                    .unwrap_or(k.as_bytes());
+                let len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(key);
+                encode_value(v, out);
+            }
+            out.extend_from_slice(&[0, 0, OBJECT_END]);
+        }
+        Value::Null => out.push(NULL),
+        Value::Undefined => out.push(UNDEFINED),
+        Value::StrictArray(items) => {
+            out.push(STRICT_ARRAY);
+            let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&count.to_be_bytes());
+            for item in items.iter().take(count as usize) {
+                encode_value(item, out);
+            }
+        }
+        Value::Date(ms) => {
+            out.push(DATE);
+            out.extend_from_slice(&ms.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+        }
+    }
+}
+
 /// A minimal encoder for building test messages.
 #[cfg(test)]
 pub(crate) mod enc {

@@ -21,9 +21,9 @@ pub const MSG_COMMAND_AMF3: u8 = 17;
 pub const MSG_COMMAND_AMF0: u8 = 20;
 
 /// Basic header (up to 3) + type 0 message header (11) + extended timestamp (4).
-const MAX_HEADER_LEN: usize = 18;
+pub(crate) const MAX_HEADER_LEN: usize = 18;
 /// Timestamp field value announcing an Extended Timestamp (spec 5.3.1.3).
-const EXTENDED_TS: u32 = 0xFF_FFFF;
+pub(crate) const EXTENDED_TS: u32 = 0xFF_FFFF;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkError {
@@ -38,6 +38,10 @@ pub enum ChunkError {
     BadChunkSize,
     /// Set Chunk Size / Abort payload shorter than its 4 bytes.
     BadControlMessage,
+    /// A new message on a chunk stream whose message was partly passed on.
+    InterruptedMessage,
+    /// A chunk passed on at a size the reader of it does not use.
+    ChunkSizeMismatch,
 }
 
 impl ChunkError {
@@ -49,6 +53,8 @@ impl ChunkError {
             Self::UnknownMessageType => "bad_message_type",
             Self::BadChunkSize => "bad_chunk_size",
             Self::BadControlMessage => "bad_control_message",
+            Self::InterruptedMessage => "interrupted_message",
+            Self::ChunkSizeMismatch => "chunk_size_mismatch",
         }
     }
 }
@@ -115,17 +121,17 @@ fn is_buffered(msg_type: u8) -> bool {
 }
 
 /// Types of spec sections 5.4, 6.2 and 7.1 (22 = aggregate).
-fn is_known(msg_type: u8) -> bool {
+pub(crate) fn is_known(msg_type: u8) -> bool {
     matches!(msg_type, 1..=6 | 8 | 9 | 15..=20 | 22)
 }
 
-fn be24(b: &[u8]) -> u32 {
+pub(crate) fn be24(b: &[u8]) -> u32 {
     b.iter()
         .take(3)
         .fold(0, |acc, &x| (acc << 8) | u32::from(x))
 }
 
-fn be32(b: &[u8]) -> Option<u32> {
+pub(crate) fn be32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
 }
 
@@ -163,7 +169,10 @@ impl ChunkDecoder {
     fn step(&mut self, input: &mut &[u8]) -> Result<Step, ChunkError> {
         match &mut self.state {
             State::Header { buf, len } => loop {
-                let need = header_len(buf.get(..*len).unwrap_or_default(), &self.streams);
+                let streams = &self.streams;
+                let need = header_len(buf.get(..*len).unwrap_or_default(), |csid| {
+                    streams.iter().any(|s| s.csid == csid && s.extended_ts)
+                });
                 if *len >= need {
                     let hdr = *buf;
                     return self.on_header(hdr.get(..need).unwrap_or_default());
@@ -313,7 +322,7 @@ fn basic_header_len(b0: u8) -> usize {
     }
 }
 
-fn parse_basic_header(hdr: &[u8]) -> (u8, u32, &[u8]) {
+pub(crate) fn parse_basic_header(hdr: &[u8]) -> (u8, u32, &[u8]) {
     let b = |i: usize| u32::from(hdr.get(i).copied().unwrap_or_default());
     let b0 = hdr.first().copied().unwrap_or_default();
     let len = basic_header_len(b0);
@@ -328,7 +337,7 @@ fn parse_basic_header(hdr: &[u8]) -> (u8, u32, &[u8]) {
 /// Total length of the chunk header starting with `hdr`, as far as the
 /// bytes seen so far tell. Callers top `hdr` up to the returned length and
 /// ask again until the answer stops growing; it never shrinks.
-fn header_len(hdr: &[u8], streams: &[ChunkStream]) -> usize {
+pub(crate) fn header_len(hdr: &[u8], extended_on: impl Fn(u32) -> bool) -> usize {
     let Some(&b0) = hdr.first() else { return 1 };
     let basic = basic_header_len(b0);
     if hdr.len() < basic {
@@ -342,7 +351,7 @@ fn header_len(hdr: &[u8], streams: &[ChunkStream]) -> usize {
         _ => 0,
     };
     let extended = if fmt == 3 {
-        streams.iter().any(|s| s.csid == csid && s.extended_ts)
+        extended_on(csid)
     } else {
         rest.len() >= 3 && be24(rest) == EXTENDED_TS
     };

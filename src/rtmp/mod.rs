@@ -36,6 +36,8 @@
 pub mod amf0;
 pub mod chunk;
 pub mod command;
+pub mod handshake;
+pub mod rechunk;
 
 use std::fmt;
 
