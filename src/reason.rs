@@ -12,12 +12,16 @@ use crate::balancer::Rejection;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     // Rejected: closed before it reached a backend.
-    /// Fewer than the 1537 bytes of C0+C1 within `handshake_timeout`.
+    /// No `publish` or `play` within `handshake_timeout` (`rtmp` mode).
     HandshakeTimeout,
     /// A first byte other than 3: not RTMP.
     HandshakeBadVersion,
-    /// The client closed or failed before sending all of C0+C1.
+    /// The client closed or failed before its `publish` or `play`.
     HandshakeIncomplete,
+    /// The client's RTMP before its `publish` or `play` was not understood.
+    ProtocolError,
+    /// A `play` of a stream no media server is known to carry.
+    StreamNotFound,
     /// The client closed while it waited in the queue.
     ClientLeft,
     /// The queue was full (or off) when the client arrived.
@@ -54,6 +58,8 @@ impl Reason {
             Reason::HandshakeTimeout => "handshake_timeout",
             Reason::HandshakeBadVersion => "handshake_bad_version",
             Reason::HandshakeIncomplete => "handshake_incomplete",
+            Reason::ProtocolError => "protocol_error",
+            Reason::StreamNotFound => "stream_not_found",
             Reason::ClientLeft => "client_left",
             Reason::QueueFull => "queue_full",
             Reason::QueueTimeout => "queue_timeout",

@@ -17,7 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const C0C1_LEN: usize = 1537;
-const S0S1S2_LEN: usize = 1 + 2 * 1536;
 
 fn statics(lines: &[String]) -> String {
     format!("  backends:\n    static:\n{}", lines.concat())
@@ -110,9 +109,12 @@ async fn rtmp_server(reads: bool) -> (SocketAddr, Arc<AtomicUsize>) {
                 if s.read_exact(&mut c0c1).await.is_err() {
                     return;
                 }
-                let mut answer = vec![0u8; S0S1S2_LEN];
-                answer[0] = 3;
-                if s.write_all(&answer).await.is_err() {
+                let answer = rtmp_proxy::rtmp::handshake::answer(&c0c1);
+                if s.write_all(&answer).await.is_err() || !read_until(&mut s, b"publish").await {
+                    return;
+                }
+                let started = on_status("NetStream.Publish.Start");
+                if s.write_all(&started).await.is_err() {
                     return;
                 }
                 let mut sink = vec![0u8; 64 * 1024];
@@ -133,17 +135,10 @@ async fn rtmp_server(reads: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-/// Handshakes through the proxy as a client.
+/// Publishes through the proxy as a client.
 async fn rtmp_client(proxy: &Proxy) -> TcpStream {
     let mut s = proxy.connect().await;
-    let mut c0c1 = vec![0x11u8; C0C1_LEN];
-    c0c1[0] = 3;
-    s.write_all(&c0c1).await.unwrap();
-    let mut answer = vec![0u8; S0S1S2_LEN];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut answer))
-        .await
-        .expect("no handshake answer through the proxy")
-        .expect("handshake answer");
+    assert!(publish_recorded(&mut s).await, "{}", proxy.log_text());
     s
 }
 

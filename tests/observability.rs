@@ -9,21 +9,39 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What real ffmpeg sent when publishing `stream/testkey123`.
-const PUBLISH: &[u8] = include_bytes!("../src/rtmp/testdata/ffmpeg_publish.bin");
 const KEY: &str = "testkey123";
 
 /// Connects and replays the captured publish; the stream stays open.
-/// The media servers here are tagged echoes, not RTMP servers: they could
-/// not pass an RTMP health check.
+/// The media servers here answer as far as a publish only: they could not
+/// pass an RTMP health check.
 const TCP_CHECK: &str = "  health_check:\n    kind: tcp\n";
 
 async fn publisher(proxy: &Proxy) -> TcpStream {
     let mut s = proxy.connect().await;
-    s.write_all(PUBLISH).await.expect("replay the publish");
+    assert!(publish_recorded(&mut s).await, "{}", proxy.log_text());
+    s
+}
+
+/// A publisher the proxy turns away: it gets the handshake and its
+/// answers, then an RTMP error (its description is checked with ffmpeg,
+/// in tests/rtmp.rs).
+async fn refused_publisher(proxy: &Proxy) -> TcpStream {
+    let mut s = proxy.connect().await;
+    s.write_all(&FFMPEG_PUBLISH[..RTMP_C0C1_LEN]).await.unwrap();
+    let mut answer = vec![0u8; RTMP_C0C1_LEN + 1536];
+    s.read_exact(&mut answer).await.unwrap();
+    s.write_all(&FFMPEG_PUBLISH[RTMP_C0C1_LEN..PUBLISH_END])
+        .await
+        .unwrap();
+    assert!(
+        read_until(&mut s, b"NetStream.Failed").await,
+        "{}",
+        proxy.log_text()
+    );
     s
 }
 
@@ -74,7 +92,7 @@ fn access_lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_and_access_log_follow_the_traffic() {
-    let backend = Backend::start("media", Mode::TaggedEcho).await;
+    let backend = Backend::start("media", Mode::Rtmp).await;
     let dir = tempfile::tempdir().unwrap();
     let access = dir.path().join("access.log");
     let proxy = Proxy::start(&format!(
@@ -92,8 +110,19 @@ async fn metrics_and_access_log_follow_the_traffic() {
     .await;
     assert!(streaming, "{}", proxy.log_text());
     // The only slot is taken: the next publisher is turned away.
-    let mut second = publisher(&proxy).await;
+    let mut second = refused_publisher(&proxy).await;
     assert!(closed_within(&mut second, Duration::from_secs(5)).await);
+    // Counted as the proxy finishes with it, just after its side closed.
+    let queue_full = r#"rtmp_proxy_connections_rejected_total{reason="queue_full"}"#;
+    let mut counted = false;
+    for _ in 0..100 {
+        if get(&scrape(&proxy).await, queue_full) == 1.0 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counted, "{}", proxy.log_text());
 
     let during = scrape(&proxy).await;
     assert_eq!(
@@ -112,7 +141,7 @@ async fn metrics_and_access_log_follow_the_traffic() {
         get(
             &during,
             r#"rtmp_proxy_bytes_total{direction="client_to_backend"}"#
-        ) >= PUBLISH.len() as f64
+        ) >= PUBLISH_END as f64
     );
     assert_eq!(
         get(
@@ -124,12 +153,13 @@ async fn metrics_and_access_log_follow_the_traffic() {
         ),
         1.0
     );
+    // Both publishes were read before a slot was asked for.
     assert_eq!(
         get(
             &during,
             r#"rtmp_proxy_streams_identified_total{role="publish"}"#
         ),
-        1.0
+        2.0
     );
     assert_eq!(get(&during, "rtmp_proxy_queue_length"), 0.0);
 
@@ -174,7 +204,7 @@ async fn metrics_and_access_log_follow_the_traffic() {
     assert_eq!(end["role"], "publish");
     assert_eq!(end["key"], "tes…");
     assert_eq!(end["backend"], backend.addr.to_string());
-    assert!(end["bytes_up"].as_u64().unwrap() >= PUBLISH.len() as u64);
+    assert!(end["bytes_up"].as_u64().unwrap() >= PUBLISH_END as u64);
     let rejected = lines
         .iter()
         .find(|l| l["event"] == "rejected")
@@ -219,8 +249,8 @@ fn chromium(url: &str, png: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_stats_page_shows_backends_and_live_streams_in_a_browser() {
-    let a = Backend::start("a", Mode::TaggedEcho).await;
-    let b = Backend::start("b", Mode::TaggedEcho).await;
+    let a = Backend::start("a", Mode::Rtmp).await;
+    let b = Backend::start("b", Mode::Rtmp).await;
     let proxy = Proxy::start(&format!(
         "{TCP_CHECK}  backends:\n    static:\n{}{}",
         a.yaml(10, 1),

@@ -250,9 +250,8 @@ struct Seen {
 }
 
 /// A backend that parses a PROXY header (v1 or v2, with `ppp`), then reads
-/// C0+C1 and answers with 1537 bytes (S0+S1) so the proxy's first-answer
-/// check passes, then echoes whatever follows. Connections that close
-/// without a header (health checks) are ignored.
+/// C0+C1 and answers the handshake, then starts any publish it is sent.
+/// Connections that close without a header (health checks) are ignored.
 async fn proxy_header_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Result<Seen, String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -323,7 +322,7 @@ async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
             other => return Some(Err(format!("no C0+C1 after the header: {other:?}"))),
         }
     }
-    let reply = c0c1(3, 99);
+    let reply = rtmp_proxy::rtmp::handshake::answer(&hello[..C0C1_LEN]);
     if let Err(e) = sock.write_all(&reply).await {
         return Some(Err(format!("cannot answer: {e}")));
     }
@@ -338,8 +337,11 @@ async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
         c0c1: hello,
     };
     tokio::spawn(async move {
-        let (mut rd, mut wr) = sock.split();
-        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        // The proxy's C2, then the client's commands through its publish.
+        if read_until(&mut sock, b"publish").await {
+            let _ = sock.write_all(&on_status("NetStream.Publish.Start")).await;
+            let _ = tokio::io::copy(&mut sock, &mut tokio::io::sink()).await;
+        }
     });
     Some(Ok(seen))
 }
@@ -362,8 +364,7 @@ async fn proxy_headers_carry_the_client_address() {
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         let mut client = socket.connect(proxy.listen).await.unwrap();
         let me = client.local_addr().unwrap();
-        let hello = c0c1(3, 5);
-        client.write_all(&hello).await.unwrap();
+        let published = publish_recorded(&mut client).await;
 
         // The probe connection above sent no handshake and was never
         // proxied: the first connection with a header is this client's.
@@ -376,44 +377,38 @@ async fn proxy_headers_carry_the_client_address() {
         assert_eq!(got.version, version);
         assert_eq!(got.source, me, "{version}");
         assert_eq!(got.destination, proxy.listen, "{version}");
-        assert_eq!(got.c0c1, hello, "{version}");
-        let mut reply = vec![0u8; C0C1_LEN];
-        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut reply))
-            .await
-            .expect("no answer through the proxy")
-            .unwrap();
-        assert_eq!(reply, c0c1(3, 99), "{version}");
-
-        // Not RTMP after the handshake: still proxied, listed as unknown.
-        let mut rest = vec![0u8; 1536];
-        rest.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        client.write_all(&rest).await.unwrap();
-        let mut echoed = vec![0u8; rest.len()];
-        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut echoed))
-            .await
-            .expect("no echo through the proxy")
-            .unwrap();
-        assert_eq!(echoed, rest);
+        // The proxy's own handshake, not the client's.
+        assert_eq!(got.c0c1[0], 3, "{version}");
+        assert_ne!(got.c0c1, FFMPEG_PUBLISH[..C0C1_LEN], "{version}");
+        assert!(
+            published,
+            "{version}: no Publish.Start:\n{}",
+            proxy.log_text()
+        );
         let list = streams(&proxy).await;
         assert_eq!(list.len(), 1, "{list:#?}");
-        assert_eq!(list[0]["status"], "unknown", "{list:#?}");
-        assert_eq!(list[0]["reason"], "bad_message_type", "{list:#?}");
+        assert_eq!(list[0]["status"], "identified", "{list:#?}");
+        assert_eq!(list[0]["key"], "tes…", "{list:#?}");
         assert_eq!(list[0]["client"], me.to_string());
-        assert_eq!(
-            list[0]["bytes_up"].as_u64(),
-            Some((C0C1_LEN + rest.len()) as u64)
-        );
-        assert_eq!(
-            proxy
-                .metric("rtmp_proxy_streams_unknown_total{reason=\"bad_message_type\"}")
-                .await,
-            1.0
-        );
         drop(client);
+
+        // Not RTMP after the handshake: refused before any backend.
+        let mut stranger = socket_connect(proxy.listen).await.unwrap();
+        stranger
+            .write_all(&FFMPEG_PUBLISH[..C0C1_LEN])
+            .await
+            .unwrap();
+        let mut rest = vec![0u8; 1536];
+        rest.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        stranger.write_all(&rest).await.unwrap();
+        let mut answer = vec![0u8; C0C1_LEN + 1536];
+        stranger.read_exact(&mut answer).await.unwrap();
+        assert!(closed_within(&mut stranger, Duration::from_secs(10)).await);
+        let refused = r#"rtmp_proxy_connections_rejected_total{reason="protocol_error"}"#;
+        assert_eq!(proxy.metric(refused).await, 1.0);
         let logged = wait_until(Duration::from_secs(10), || {
             proxy.log_text().lines().any(|l| {
-                l.contains(r#""reason":"client_closed""#)
-                    && l.contains("unknown stream (bad_message_type)")
+                l.contains(r#""reason":"client_closed""#) && l.contains("publish stream/tes…")
             })
         })
         .await;
@@ -421,9 +416,11 @@ async fn proxy_headers_carry_the_client_address() {
     }
 }
 
-/// A client still in the handshake gate when an upgrade starts finishes
-/// its handshake with the old process, which passes it (and its C0+C1) to
-/// the new one: the new process still sends the client's own address.
+/// A client still in its handshake when an upgrade starts finishes its
+/// front with the old process, which passes it (and every byte it read)
+/// to the new one. The new process picks up the RTMP session where the old
+/// one left it, without answering again, and still sends the client's own
+/// address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_passed_on_by_an_upgrade_keeps_its_address_in_the_proxy_header() {
     let (backend, mut seen) = proxy_header_backend().await;
@@ -440,11 +437,19 @@ async fn a_client_passed_on_by_an_upgrade_keeps_its_address_in_the_proxy_header(
         }
     };
     let me = client.local_addr().unwrap();
-    let hello = c0c1(3, 7);
-    client.write_all(&hello[..100]).await.unwrap();
+    client.write_all(&FFMPEG_PUBLISH[..100]).await.unwrap();
 
     let new = old.upgrade().await;
-    client.write_all(&hello[100..]).await.unwrap();
+    client
+        .write_all(&FFMPEG_PUBLISH[100..C0C1_LEN])
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; C0C1_LEN + 1536];
+    client.read_exact(&mut answer).await.unwrap();
+    client
+        .write_all(&FFMPEG_PUBLISH[C0C1_LEN..PUBLISH_END])
+        .await
+        .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), seen.recv())
         .await
         .ok()
@@ -452,12 +457,11 @@ async fn a_client_passed_on_by_an_upgrade_keeps_its_address_in_the_proxy_header(
         .unwrap_or_else(|| panic!("nothing proxied:\n{}\n{}", old.log_text(), new.log_text()))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((got.source, got.destination), (me, old.listen));
-    assert_eq!(got.c0c1, hello);
-    let mut reply = vec![0u8; C0C1_LEN];
-    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut reply))
-        .await
-        .expect("no answer through the new process")
-        .unwrap();
+    assert!(
+        read_until(&mut client, b"NetStream.Publish.Start").await,
+        "no Publish.Start through the new process:\n{}",
+        new.log_text()
+    );
     assert!(
         old.log_text()
             .contains(&format!("{me}: passed to the new process")),
@@ -684,4 +688,101 @@ async fn streams_left_on_the_old_process_stay_listed_after_an_upgrade() {
             assert!(!log.contains(key), "full key {key} in the log:\n{log}");
         }
     }
+}
+
+/// ffprobe at `url`: the stream types it found and what it printed.
+async fn ffprobe(url: &str) -> (Vec<String>, String) {
+    let run = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-analyzeduration", "1000000"])
+        .args(["-show_entries", "stream=codec_type", "-of", "csv=p=0", url])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(20), run).await {
+        Ok(Ok(out)) => (
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        other => (Vec::new(), format!("{other:?}")),
+    }
+}
+
+/// The RTMP front with real nginx-rtmp servers, ffmpeg and ffprobe:
+/// - a server that answers a publish with "Already publishing" is skipped
+///   and the publisher lands on the next one without noticing;
+/// - a play of a published key goes to that key's server and decodes,
+///   through ffprobe, which validates the digest handshake's S1 and S2;
+/// - a play of an unknown key gets StreamNotFound, with no server asked;
+/// - with the fleet full, a publisher gets an RTMP error that ffmpeg
+///   prints, after `queue_timeout`, and no server sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn players_follow_their_stream_and_refusals_reach_the_encoder() {
+    let (busy, other) = (Nginx::start(false).await, Nginx::start(false).await);
+    let dir = tempfile::tempdir().unwrap();
+    // "dupKey0000" already publishes on `busy`, behind the proxy's back.
+    let direct = format!("rtmp://{}/stream/dupKey0000", busy.rtmp);
+    let _direct = Publisher::start(&direct, dir.path(), "direct");
+    assert!(
+        busy.wait_publishing("dupKey0000", Duration::from_secs(20))
+            .await
+    );
+
+    let proxy = Proxy::start(&format!(
+        "  balance: first\n  queue_timeout: 2s\n  health_check:\n    interval: 60s\n{}",
+        statics(&[busy.yaml(1), other.yaml(1)])
+    ))
+    .await;
+    let mut dup = Publisher::start(&url(proxy.listen, "dupKey0000"), dir.path(), "dup");
+    assert!(
+        other
+            .wait_publishing("dupKey0000", Duration::from_secs(20))
+            .await,
+        "{}\n{}",
+        proxy.log_text(),
+        dup.log()
+    );
+    assert!(dup.running(), "{}", dup.log());
+    assert!(
+        proxy.log_text().contains("NetStream.Publish.BadName"),
+        "{}",
+        proxy.log_text()
+    );
+
+    // The player of dupKey0000 is sent to `other`, where the proxy put it.
+    let (seen, said) = ffprobe(&url(proxy.listen, "dupKey0000")).await;
+    assert_eq!(seen, ["video"], "{said}\n{}", proxy.log_text());
+    let (seen, said) = ffprobe(&url(proxy.listen, "nobodyKey00")).await;
+    assert!(seen.is_empty());
+    assert!(
+        said.contains("rtmp-proxy: stream/nob… is not being published"),
+        "{said}"
+    );
+    // ffprobe names its own URL; the proxy never names the key.
+    assert!(!proxy.log_text().contains("nobodyKey00"));
+
+    // Fill `busy`'s free slot, then one more: refused with a reason.
+    let _second = Publisher::start(&url(proxy.listen, "secondKey00"), dir.path(), "second");
+    assert!(
+        busy.wait_publishing("secondKey00", Duration::from_secs(20))
+            .await
+    );
+    let mut third = Publisher::start(&url(proxy.listen, "thirdKey000"), dir.path(), "third");
+    let stopped = wait_until(Duration::from_secs(20), || !third.running()).await;
+    assert!(stopped, "{}", third.log());
+    assert!(
+        third
+            .log()
+            .contains("Server error: rtmp-proxy: no media server came free within 2s"),
+        "{}",
+        third.log()
+    );
+    assert!(!busy.stat().contains("thirdKey000") && !other.stat().contains("thirdKey000"));
+    let refused = r#"rtmp_proxy_connections_rejected_total{reason="queue_timeout"}"#;
+    assert_eq!(proxy.metric(refused).await, 1.0);
+    let not_found = r#"rtmp_proxy_connections_rejected_total{reason="stream_not_found"}"#;
+    assert_eq!(proxy.metric(not_found).await, 1.0);
 }

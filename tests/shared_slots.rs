@@ -137,11 +137,11 @@ async fn without_redis_proxies_serve_on_local_counts_and_reconcile_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_proxy_finds_a_stream_published_through_another() {
-    const PUBLISH: &[u8] = include_bytes!("../src/rtmp/testdata/ffmpeg_publish.bin");
     let redis = Redis::start();
-    let media = Backend::start("media", Mode::TaggedEcho).await;
-    // RTMP mode (the default): the observer reads the publish command.
-    // The media server is a tagged echo: checked by connect only.
+    let media = Backend::start("media", Mode::Rtmp).await;
+    // RTMP mode (the default): the front reads the publish command.
+    // The media server answers only as far as a publish: checked by
+    // connect only.
     let rtmp = |redis: &Redis| {
         format!(
             "  slots:\n    store: redis\n    url: \"{}\"\n  health_check:\n    kind: tcp\n\
@@ -154,9 +154,7 @@ async fn any_proxy_finds_a_stream_published_through_another() {
     let b = Proxy::start(&rtmp(&redis)).await;
 
     let mut publisher = b.connect().await;
-    tokio::io::AsyncWriteExt::write_all(&mut publisher, PUBLISH)
-        .await
-        .unwrap();
+    assert!(publish_recorded(&mut publisher).await, "{}", b.log_text());
     let path = "/streams/stream/testkey123";
     let mut found = None;
     for _ in 0..100 {

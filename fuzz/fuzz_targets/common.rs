@@ -1,19 +1,22 @@
 //! Shared by the fuzz targets: feed one input whole and in pseudo-random
-//! pieces; results must agree (the Observer promises split invariance).
+//! pieces; results and answers must agree (the front promises split
+//! invariance).
 
-use rtmp_proxy::rtmp::{Observer, Progress};
+use rtmp_proxy::rtmp::{Front, Progress};
 
-#[allow(dead_code)] // unused by the `observer` target
+#[allow(dead_code)] // unused by the `front` target
 pub const C2: [u8; 1536] = [0x5a; 1536];
 
 /// Feeds `parts` concatenated, once whole and once split at points drawn
 /// from `seed`, and checks both runs agree and results are sane.
 pub fn check(parts: &[&[u8]], seed: u8) {
     let bytes = parts.concat();
-    let mut whole = Observer::new();
-    let want = whole.feed(&bytes).clone();
+    let mut whole = Front::new();
+    let mut said = Vec::new();
+    let want = whole.feed(&bytes, &mut said).clone();
 
-    let mut split = Observer::new();
+    let mut split = Front::new();
+    let mut said_split = Vec::new();
     // Small seeds favour tiny pieces (1-byte feeds), large ones big pieces.
     let max = 1 + usize::from(seed) * usize::from(seed);
     let mut state = u64::from(seed) | 1 << 32;
@@ -24,19 +27,22 @@ pub fn check(parts: &[&[u8]], seed: u8) {
         state ^= state << 17;
         let n = (state as usize % max + 1).min(rest.len());
         let (piece, tail) = rest.split_at(n);
-        split.feed(piece);
+        split.feed(piece, &mut said_split);
         rest = tail;
     }
-    let got = split.feed(&[]).clone();
+    let got = split.feed(&[], &mut said_split).clone();
     if std::env::var_os("FUZZ_DEBUG").is_some() {
         eprintln!("{} bytes -> {want:?}", bytes.len());
     }
     assert_eq!(got, want);
+    assert_eq!(said_split, said);
     if let Progress::Found(info) = &want {
         assert!(!info.stream_key.is_empty());
     }
     // Final results stay put.
     if want != Progress::NeedMore {
-        assert_eq!(whole.feed(&bytes), &want);
+        let mut more = Vec::new();
+        assert_eq!(whole.feed(&bytes, &mut more), &want);
+        assert!(more.is_empty());
     }
 }

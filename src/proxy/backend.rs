@@ -36,6 +36,26 @@ pub enum ConnectError {
     NoAnswer(Duration),
     #[error("answered the RTMP handshake with {0}")]
     NotRtmp(String),
+    #[error("closed before taking the stream")]
+    Left,
+    #[error("sent RTMP not understood ({0})")]
+    BadAnswer(&'static str),
+    /// The server is up and answers; it just won't take this stream.
+    #[error("declined the stream: {} ({})", .0.code, .0.description)]
+    Declined(crate::rtmp::command::Status),
+    #[error("gave message stream id {0} where the client was given {id}", id = crate::rtmp::STREAM_ID)]
+    OtherStreamId(f64),
+}
+
+impl ConnectError {
+    /// Whether the failure says the backend is down, rather than that it
+    /// would not take this one stream.
+    pub fn marks_down(&self) -> bool {
+        !matches!(
+            self,
+            Self::LocalShortage(_) | Self::Declined(_) | Self::OtherStreamId(_)
+        )
+    }
 }
 
 /// Opens a connection to `addr` within `timeout`; the error says what kind

@@ -9,7 +9,6 @@
 //! flushes the writer whenever its reader has nothing (for writers that
 //! buffer; a tokio socket does not) and propagates half-close.
 
-use parking_lot::Mutex;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -68,9 +67,10 @@ impl End {
     }
 }
 
-/// Given a copy of each read from the client while it returns true (the
-/// RTMP observer, see `proxy::rtmp`). Runs inside the read: keep it cheap.
-pub type ClientTap = Box<dyn FnMut(&[u8]) -> bool + Send>;
+/// Turns each read from the backend into what the client gets (the RTMP
+/// rechunker, see `rtmp::rechunk`); an error ends the connection as the
+/// backend's failure. Runs inside the read: keep it cheap.
+pub type Rewrite = Box<dyn FnMut(&[u8], &mut Vec<u8>) -> Result<(), String> + Send>;
 
 /// Shared record of one connection's traffic.
 pub struct Flow {
@@ -88,8 +88,6 @@ pub struct Flow {
     pub from_backend: AtomicU64,
     first_end: OnceLock<End>,
     counters: [IntCounter; 2],
-    /// Taken by [`run`] and owned by the client side's reader from then on.
-    client_tap: Mutex<Option<ClientTap>>,
 }
 
 impl Flow {
@@ -105,13 +103,7 @@ impl Flow {
             from_backend: AtomicU64::new(0),
             first_end: OnceLock::new(),
             counters,
-            client_tap: Mutex::new(None),
         }
-    }
-
-    /// Has [`run`] hand `tap` a copy of every read from the client.
-    pub fn tap_client(&self, tap: ClientTap) {
-        *self.client_tap.lock() = Some(tap);
     }
 
     /// Counts bytes moved outside the copy loop (e.g. data a client sent
@@ -159,7 +151,8 @@ pub struct Timers {
 
 /// Copies both ways until both directions are closed, a side fails, the
 /// connection is idle (see [`Timers`]), or `cut` turns true; calls
-/// `progress` every `timers.progress` meanwhile.
+/// `progress` every `timers.progress` meanwhile. With `rewrite`, the
+/// client gets the backend's bytes as it rewrites them.
 ///
 /// After [`End::Closed`] the caller drops both sides at once: the last
 /// FIN is left to that close rather than paid for with a `shutdown` call.
@@ -174,14 +167,14 @@ pub async fn run<C, B>(
     timers: Timers,
     mut cut: watch::Receiver<bool>,
     mut progress: impl FnMut(),
+    rewrite: Option<Rewrite>,
 ) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let tap = flow.client_tap.lock().take();
-    let mut up = Direction::new(Side::Client, tap);
-    let mut down = Direction::new(Side::Backend, None);
+    let mut up = Direction::new(Side::Client, None);
+    let mut down = Direction::new(Side::Backend, rewrite);
     let copy = std::future::poll_fn(|cx| {
         // Each direction runs to its own end; an error ends both.
         let last = down.state == State::Done;
@@ -307,7 +300,10 @@ struct Direction {
     pos: usize,
     end: usize,
     state: State,
-    tap: Option<ClientTap>,
+    rewrite: Option<Rewrite>,
+    /// What `rewrite` made of the last read; emptied when the reader has
+    /// nothing, like `buf`.
+    rewritten: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,14 +318,15 @@ enum State {
 struct Failed;
 
 impl Direction {
-    fn new(from: Side, tap: Option<ClientTap>) -> Self {
+    fn new(from: Side, rewrite: Option<Rewrite>) -> Self {
         Self {
             from,
             buf: Vec::new(),
             pos: 0,
             end: 0,
             state: State::Open,
-            tap,
+            rewrite,
+            rewritten: Vec::new(),
         }
     }
 
@@ -424,6 +421,7 @@ impl Direction {
                     // Idle until the next read: no buffer kept, nothing
                     // left in the writer's own buffer.
                     self.buf = Vec::new();
+                    self.rewritten = Vec::new();
                     return match ready!(Pin::new(&mut *writer).poll_flush(cx)) {
                         Ok(()) => Poll::Pending,
                         Err(e) => failed(to, e),
@@ -439,15 +437,20 @@ impl Direction {
                 continue;
             }
             flow.count(self.from, data.len());
-            if let Some(tap) = &mut self.tap {
-                if !tap(data) {
-                    self.tap = None;
+            let data = match &mut self.rewrite {
+                Some(rewrite) => {
+                    self.rewritten.clear();
+                    if let Err(e) = rewrite(data, &mut self.rewritten) {
+                        return failed(self.from, io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                    self.rewritten.as_slice()
                 }
-            }
-            if on_heap {
-                self.end = data.len();
-                continue;
-            }
+                None if on_heap => {
+                    self.end = data.len();
+                    continue;
+                }
+                None => data,
+            };
             // Straight from the stack; only what the writer refuses is kept.
             let mut data = data;
             while !data.is_empty() {
@@ -456,7 +459,7 @@ impl Direction {
                     Poll::Ready(Ok(k)) => data = data.get(k..).unwrap_or_default(),
                     Poll::Ready(Err(e)) => return failed(to, e),
                     Poll::Pending => {
-                        let mut buf = vec![0; READ_SIZE];
+                        let mut buf = vec![0; READ_SIZE.max(data.len())];
                         if let Some(head) = buf.get_mut(..data.len()) {
                             head.copy_from_slice(data);
                         }
@@ -502,7 +505,7 @@ mod tests {
     /// does.
     async fn proxy(mut client: DuplexStream, mut backend: DuplexStream, f: &Flow) -> End {
         let (_keep, cut) = watch::channel(false);
-        run(&mut client, &mut backend, f, timers(5), cut, || {}).await
+        run(&mut client, &mut backend, f, timers(5), cut, || {}, None).await
     }
 
     #[tokio::test]
@@ -529,31 +532,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_client_tap_sees_client_bytes_until_it_declines() {
-        let (mut client, proxy_client) = tokio::io::duplex(1024);
-        let (proxy_backend, mut backend) = tokio::io::duplex(1024);
+    async fn the_rewrite_turns_what_the_backend_sends_and_its_error_ends_the_copy() {
+        let (mut client, mut proxy_client) = tokio::io::duplex(1024);
+        let (mut proxy_backend, mut backend) = tokio::io::duplex(1024);
         let f = flow();
-        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        f.tap_client(Box::new(move |b| {
-            let mut log = log.lock();
-            log.extend_from_slice(b);
-            log.len() < 3
-        }));
-        let peers = async {
-            for piece in [&b"ab"[..], b"cd", b"ef"] {
-                client.write_all(piece).await.unwrap();
-                let mut got = [0u8; 2];
-                backend.read_exact(&mut got).await.unwrap();
-                assert_eq!(&got, piece);
+        let rewrite: Rewrite = Box::new(|b, out| {
+            if b.contains(&b'!') {
+                return Err("bang".into());
             }
-            client.shutdown().await.unwrap();
-            backend.shutdown().await.unwrap();
+            out.extend(b.iter().map(u8::to_ascii_uppercase));
+            out.extend_from_slice(b".");
+            Ok(())
+        });
+        let peers = async {
+            backend.write_all(b"ab").await.unwrap();
+            let mut got = [0u8; 3];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"AB.");
+            client.write_all(b"up").await.unwrap();
+            let mut got = [0u8; 2];
+            backend.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"up");
+            backend.write_all(b"x!").await.unwrap();
         };
-        let (end, ()) = tokio::join!(proxy(proxy_client, proxy_backend, &f), peers);
-        assert_eq!(end, End::Closed(Side::Client));
-        // Declined after "abcd": "ef" was forwarded but not shown.
-        assert_eq!(*seen.lock(), b"abcd");
+        let (_keep, cut) = watch::channel(false);
+        let copy = run(
+            &mut proxy_client,
+            &mut proxy_backend,
+            &f,
+            timers(5),
+            cut,
+            || {},
+            Some(rewrite),
+        );
+        let (end, ()) = tokio::join!(copy, peers);
+        assert_eq!(end, End::Failed(Side::Backend, "bang".into()));
+        // Counted as read, before the rewrite.
+        assert_eq!(f.from_backend.load(Ordering::Relaxed), 4);
     }
 
     /// A slow reader on the far side makes every write push back: the bytes
@@ -624,6 +639,7 @@ mod tests {
             timers,
             cut,
             || reports += 1,
+            None,
         );
         let (end, silent_since) = tokio::join!(copy, talk);
         assert_eq!(end, End::Idle);
@@ -650,6 +666,7 @@ mod tests {
             timers(30),
             cut,
             || {},
+            None,
         )
         .await
     }
@@ -701,6 +718,7 @@ mod tests {
                 timers,
                 cut,
                 || {},
+                None,
             );
             // Up to 300 virtual seconds of a client that always has bytes to
             // send; the slow reader takes 100 bytes every 5 s.

@@ -3,20 +3,24 @@
 //!
 //! A connection goes through its phases in order (`Connection::run`):
 //!
-//! 1. **gate** (`protocol: rtmp`): a valid C0+C1 before anything is spent
-//!    on the client ([`rtmp::gate`]);
-//! 2. **admit**: a slot, waiting in the queue if the fleet is full, and
-//!    with a Redis store its shared lease; the client is watched while
-//!    it waits (`watch`);
-//! 3. **connect**: to the slot's backend, sent what the client sent so far
-//!    and, in `rtmp` mode, checked for an answer ([`rtmp::Opening`]);
-//!    other backends are tried on failure ([`backend`]);
+//! 1. **front** (`protocol: rtmp`): the proxy answers the handshake and
+//!    the commands up to `publish` or `play` itself, so it knows app, key
+//!    and role before anything is spent on the client ([`rtmp::front`]);
+//! 2. **admit**: a publisher's slot, waiting in the queue if the fleet is
+//!    full, and with a Redis store its shared lease; the client is watched
+//!    while it waits (`watch`). A player takes no slot: it is **routed**
+//!    to the server that carries its stream;
+//! 3. **connect**: to the slot's backend, which gets what the client sent
+//!    and in `rtmp` mode must take the stream ([`rtmp::Opening`]); other
+//!    backends are tried on failure ([`backend`]);
 //! 4. **splice**: bytes both ways until one side ends ([`duplex`]), the
-//!    stream entered in the directory ([`rtmp::track`]); then the backend
-//!    side is closed;
+//!    server's rewritten for the client in `rtmp` mode, the stream entered
+//!    in the directory ([`rtmp::register`]); then the backend side is
+//!    closed;
 //! 5. **finish**: the slot is freed (after the backend's close, so a media
 //!    server never sees the old and the next connection overlap), and the
-//!    outcome is counted and logged with its [`Reason`], in one place.
+//!    outcome is counted and logged with its [`Reason`], in one place. A
+//!    client refused after the front is told why in RTMP first.
 
 pub mod backend;
 pub mod duplex;
@@ -45,9 +49,16 @@ use crate::lifecycle::handoff::ForwardedClient;
 use crate::lifecycle::SessionGuard;
 use crate::metrics;
 pub use crate::reason::Reason;
-use crate::streams::Registration;
+use crate::rtmp::command::Status;
+use crate::rtmp::rechunk::{self, Rechunker};
+use crate::rtmp::{redact, Role};
+use crate::streams::{app_name, display_app, Registration};
 use backend::ConnectError;
 use duplex::{End, Flow, Side};
+use rtmp::Greeted;
+
+/// How long a refused client gets to read its RTMP error before the close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one client; `pending` holds bytes already read from it (by an
 /// older process, for a client it passed on).
@@ -63,6 +74,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: String, pending: Vec<u8
             ..Context::default()
         },
         taken: None,
+        greeted: None,
     };
     connection.run().await;
 }
@@ -78,6 +90,17 @@ struct Connection<'a> {
     ctx: Context,
     /// The slot, from `admit` until `finish`.
     taken: Option<Taken>,
+    /// `rtmp` mode: the client's RTMP session, from the front on.
+    greeted: Option<Greeted>,
+}
+
+/// A backend connection that has taken the client.
+struct Linked {
+    backend: TcpStream,
+    /// What the backend sent first, for the client.
+    first: Vec<u8>,
+    /// `rtmp` mode: rewrites the rest of what the backend sends.
+    rechunker: Option<Rechunker>,
 }
 
 /// What has been learned about a connection, for its log records.
@@ -91,6 +114,8 @@ struct Context {
     flow: Option<Arc<Flow>>,
     /// The connection's entry in the stream directory (`rtmp` mode).
     stream: Option<Registration>,
+    /// The last media server's refusal of the stream, for the client.
+    declined: Option<Status>,
 }
 
 /// Why the phases stopped before a backend was reached.
@@ -109,9 +134,13 @@ enum Outcome {
 
 impl Connection<'_> {
     async fn run(mut self) {
+        let mut told = false;
         let outcome = match self.phases().await {
             Ok(end) => Outcome::Ended(end),
-            Err(Stop::Rejected(reason, why)) => Outcome::Rejected(reason, why),
+            Err(Stop::Rejected(reason, why)) => {
+                told = self.refuse(reason, &why).await;
+                Outcome::Rejected(reason, why)
+            }
             Err(Stop::HandOver) => return self.hand_over().await,
         };
         // The session ends last: the process may exit once it has.
@@ -120,23 +149,148 @@ impl Connection<'_> {
             ctx,
             taken,
             session: _session,
+            mut client,
             ..
         } = self;
         ctx.finish(core, taken, outcome).await;
+        if told {
+            linger(&mut client).await;
+        }
     }
 
     async fn phases(&mut self) -> Result<End, Stop> {
-        self.gate().await?;
-        let taken = self.admit().await?;
-        let (backend, first) = self.connect(taken).await?;
-        Ok(self.splice(backend, first).await)
+        self.front().await?;
+        let play = self.greeted.as_ref().map(|g| &g.info.role) == Some(&Role::Play);
+        let linked = if play {
+            self.route().await?
+        } else {
+            let taken = self.admit().await?;
+            self.connect(taken).await?
+        };
+        Ok(self.splice(linked).await)
     }
 
-    /// `protocol: rtmp`: a valid C0+C1 before any slot.
-    async fn gate(&mut self) -> Result<(), Stop> {
-        rtmp::gate(&self.core.settings, &mut self.client, &mut self.pending)
+    /// `protocol: rtmp`: the client's `publish` or `play` before any slot.
+    async fn front(&mut self) -> Result<(), Stop> {
+        let greeted = rtmp::front(&self.core.settings, &mut self.client, &mut self.pending)
             .await
-            .map_err(|e| Stop::Rejected(e.reason(), e.to_string()))
+            .map_err(|e| Stop::Rejected(e.reason(), e.to_string()))?;
+        if let Some(g) = &greeted {
+            let role = match g.info.role {
+                Role::Publish { .. } => "publish",
+                Role::Play => "play",
+            };
+            metrics::get()
+                .streams_identified
+                .with_label_values(&[role])
+                .inc();
+        }
+        self.greeted = greeted;
+        Ok(())
+    }
+
+    /// A player goes to the server that carries its stream: this process's
+    /// publisher, or with a Redis store any proxy's.
+    async fn route(&mut self) -> Result<Linked, Stop> {
+        let Some(g) = &self.greeted else {
+            return Err(Stop::Rejected(Reason::StreamNotFound, "no stream".into()));
+        };
+        let (app, key) = (app_name(&g.info.app), g.info.stream_key.as_str());
+        let streams = &self.core.streams;
+        let local = streams
+            .find(app, key)
+            .filter(|v| v.role.as_deref() == Some("publish"))
+            .map(|v| v.backend);
+        let found = match local {
+            Some(addr) => Some(addr),
+            None => streams
+                .find_shared(app, key)
+                .await
+                .and_then(|v| v.get("backend")?.as_str()?.parse::<SocketAddr>().ok()),
+        };
+        let Some(addr) = found else {
+            let why = format!(
+                "{}/{} is not being published",
+                display_app(app),
+                redact(key)
+            );
+            return Err(Stop::Rejected(Reason::StreamNotFound, why));
+        };
+        let opening = rtmp::opening(
+            &self.core.settings,
+            || rtmp::addresses(&self.client),
+            &self.ctx.peer,
+            &self.pending,
+        );
+        match self.attempt(addr, &opening).await {
+            Ok(linked) => {
+                self.ctx.backend = Some(addr);
+                Ok(linked)
+            }
+            Err(e) => Err(Stop::Rejected(
+                Reason::ConnectFailed,
+                format!("the media server of the stream, {addr}, {e}"),
+            )),
+        }
+    }
+
+    /// One backend connection attempt.
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        opening: &rtmp::Opening<'_>,
+    ) -> Result<Linked, ConnectError> {
+        let started = Instant::now();
+        let opened = backend::open(addr, self.core.settings.connect_timeout).await;
+        metrics::get()
+            .connect_time
+            .observe(started.elapsed().as_secs_f64());
+        let mut backend = opened?;
+        match &self.greeted {
+            Some(g) => {
+                let greeting = opening.greet(&mut backend, &g.front, &g.info.role).await?;
+                Ok(Linked {
+                    backend,
+                    first: greeting.first,
+                    rechunker: Some(greeting.rechunker),
+                })
+            }
+            None => {
+                let first = opening.send(&mut backend).await?;
+                Ok(Linked {
+                    backend,
+                    first,
+                    rechunker: None,
+                })
+            }
+        }
+    }
+
+    /// `rtmp` mode: tells a client refused after the front why, in an
+    /// `onStatus` error it shows, and ends our side; true if it was told.
+    async fn refuse(&mut self, reason: Reason, why: &str) -> bool {
+        let Some(g) = &mut self.greeted else {
+            return false;
+        };
+        if reason == Reason::ClientLeft {
+            return false;
+        }
+        let play = g.info.role == Role::Play;
+        let code = match (&self.ctx.declined, reason) {
+            (_, Reason::StreamNotFound) => "NetStream.Play.StreamNotFound",
+            (Some(status), Reason::ConnectFailed) => status.code.as_str(),
+            _ if play => "NetStream.Play.Failed",
+            _ => "NetStream.Failed",
+        };
+        let mut reply = Vec::new();
+        g.front
+            .refuse(code, &format!("rtmp-proxy: {why}"), &mut reply);
+        let client = &mut self.client;
+        let told = async {
+            client.write_all(&reply).await?;
+            client.shutdown().await
+        };
+        matches!(tokio::time::timeout(REFUSAL_LINGER, told).await, Ok(Ok(())))
     }
 
     /// A slot (and with a Redis store its shared lease), watching the
@@ -183,22 +337,29 @@ impl Connection<'_> {
             .observe(self.ctx.waited.as_secs_f64());
         admitted.map_err(|r| match r {
             Rejection::HandedOff => Stop::HandOver,
-            r => Stop::Rejected(Reason::from(r), "no free backend slot".into()),
+            Rejection::QueueFull => Stop::Rejected(
+                Reason::QueueFull,
+                "every media server is busy and the queue is full".into(),
+            ),
+            Rejection::QueueTimeout => Stop::Rejected(
+                Reason::QueueTimeout,
+                format!(
+                    "no media server came free within {}",
+                    humantime::format_duration(settings.queue_timeout)
+                ),
+            ),
         })
     }
 
-    /// A backend connection, sent what the client sent so far; on failure
-    /// the backend is marked down and the other eligible backends are tried
-    /// once each. Returns the backend's first bytes, if the opening waited
-    /// for them.
-    async fn connect(&mut self, mut taken: Taken) -> Result<(TcpStream, Vec<u8>), Stop> {
-        let Core {
-            table, settings, ..
-        } = self.core;
-        let client = &self.client;
+    /// A backend connection, sent what the client sent so far, that has
+    /// taken the client; on failure the other eligible backends are tried
+    /// once each, and a backend that failed (rather than declined the
+    /// stream) is marked down.
+    async fn connect(&mut self, mut taken: Taken) -> Result<Linked, Stop> {
+        let table = &self.core.table;
         let opening = rtmp::opening(
-            settings,
-            || rtmp::addresses(client),
+            &self.core.settings,
+            || rtmp::addresses(&self.client),
             &self.ctx.peer,
             &self.pending,
         );
@@ -206,21 +367,13 @@ impl Connection<'_> {
         loop {
             let addr = taken.slot.addr();
             tried.push(addr);
-            let started = Instant::now();
-            let opened = backend::open(addr, settings.connect_timeout).await;
-            metrics::get()
-                .connect_time
-                .observe(started.elapsed().as_secs_f64());
-            let failed = match opened {
-                Ok(mut stream) => match opening.send(&mut stream).await {
-                    Ok(first) => {
-                        self.ctx.backend = Some(addr);
-                        self.taken = Some(taken);
-                        return Ok((stream, first));
-                    }
-                    // `stream` is closed here, before its slot is freed.
-                    Err(e) => e,
-                },
+            let failed = match self.attempt(addr, &opening).await {
+                Ok(linked) => {
+                    self.ctx.backend = Some(addr);
+                    self.taken = Some(taken);
+                    return Ok(linked);
+                }
+                // The backend connection is closed here, before its slot is freed.
                 Err(e @ ConnectError::LocalShortage(_)) => {
                     taken.release().await;
                     return Err(Stop::Rejected(Reason::ConnectFailed, e.to_string()));
@@ -229,11 +382,25 @@ impl Connection<'_> {
             };
             let why = failed.to_string();
             warn!("{}: backend {addr} {why}; trying another", self.ctx.peer);
-            table.set_health(addr, false, &why);
+            if failed.marks_down() {
+                table.set_health(addr, false, &why);
+            }
+            if let ConnectError::Declined(status) = failed {
+                self.ctx.declined = Some(status);
+            }
             taken.release().await;
             taken = loop {
                 let Some(slot) = table.try_acquire_excluding(&tried) else {
-                    let why = format!("no backend accepted the connection (tried {})", tried.len());
+                    let why = match &self.ctx.declined {
+                        Some(s) => format!(
+                            "no media server took the stream (tried {}); the last said: {}",
+                            tried.len(),
+                            s.description
+                        ),
+                        None => {
+                            format!("no backend accepted the connection (tried {})", tried.len())
+                        }
+                    };
                     return Err(Stop::Rejected(Reason::ConnectFailed, why));
                 };
                 let addr = slot.addr();
@@ -248,7 +415,12 @@ impl Connection<'_> {
     /// Bytes both ways until one side ends; then the backend side is
     /// closed. A stalled backend is marked down first, so that no queued
     /// client gets its slot.
-    async fn splice(&mut self, mut backend: TcpStream, first: Vec<u8>) -> End {
+    async fn splice(&mut self, linked: Linked) -> End {
+        let Linked {
+            mut backend,
+            first,
+            rechunker,
+        } = linked;
         let Core {
             table,
             settings,
@@ -263,14 +435,17 @@ impl Connection<'_> {
             return End::Failed(Side::Backend, "no backend".into());
         };
         let flow = Arc::new(Flow::new(m.byte_counters()));
-        self.ctx.stream = rtmp::track(
-            settings,
-            streams,
-            &flow,
-            &self.ctx.peer,
-            backend_addr,
-            &self.pending,
-        );
+        self.ctx.stream = self
+            .greeted
+            .as_ref()
+            .map(|g| rtmp::register(streams, &flow, &self.ctx.peer, backend_addr, &g.info));
+        let rewrite = rechunker.map(|mut r| -> duplex::Rewrite {
+            Box::new(move |bytes, out| {
+                r.feed(bytes, out, &mut |_, _| rechunk::Judgement::Forward)
+                    .map(|_| ())
+                    .map_err(|e| format!("sent RTMP not understood ({})", e.reason()))
+            })
+        });
         flow.count(Side::Client, self.pending.len());
         flow.count(Side::Backend, first.len());
         self.ctx.flow = Some(flow.clone());
@@ -285,7 +460,16 @@ impl Connection<'_> {
             Ok(()) => {
                 let progress = || access_log.write(ctx.record("progress", None));
                 let cut = lifecycle.cut_signal();
-                duplex::run(&mut self.client, &mut backend, &flow, timers, cut, progress).await
+                duplex::run(
+                    &mut self.client,
+                    &mut backend,
+                    &flow,
+                    timers,
+                    cut,
+                    progress,
+                    rewrite,
+                )
+                .await
             }
             Err(e) => End::Failed(Side::Client, e.to_string()),
         };
@@ -318,6 +502,7 @@ impl Connection<'_> {
             pending,
             ctx,
             taken,
+            greeted: _,
         } = self;
         if let Err((_client, _session)) = core.handoff.forward(client, &ctx.peer, pending, session)
         {
@@ -407,6 +592,17 @@ impl Context {
             ..Default::default()
         }
     }
+}
+
+/// Reads what a told client still sends until it closes, for at most
+/// [`REFUSAL_LINGER`]: closing with unread bytes would reset the
+/// connection and could discard the error before the client reads it.
+async fn linger(client: &mut TcpStream) {
+    let drain = async {
+        let mut sink = [0u8; 1024];
+        while matches!(tokio::io::AsyncReadExt::read(client, &mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
 }
 
 /// With a Redis slot store, the shared lease for a local slot; `None`

@@ -1,29 +1,28 @@
-//! RTMP awareness on the data path, around the plain TCP proxy of
-//! [`super`]:
+//! RTMP on the data path, around the plain TCP proxy of [`super`]:
 //!
-//! 1. [`gate`]: before a client may take a backend slot it must send
-//!    a valid C0+C1 (version 3, 1537 bytes) within `handshake_timeout`, so
-//!    port scanners, TCP probes and slowloris clients never occupy a media
-//!    server.
-//! 2. [`Opening::send`], on every backend connection attempt: the PROXY
-//!    protocol header (if configured), the bytes the client has sent so
-//!    far, and in `rtmp` mode a wait for the backend's first byte back. A
-//!    backend that accepts TCP but closes or resets before answering (full,
-//!    broken, shutting down) fails the attempt like a refused connect, and
-//!    the same bytes go to the next backend: the publisher never notices.
-//! 3. [`track`]: the connection enters the stream directory
-//!    ([`crate::streams`]) and a copy of the client's bytes after C0+C1 goes
-//!    to a passive [`Observer`] until it finds the `publish`/`play` or gives
-//!    up. Forwarding never waits for it: the copy loop hands it each read.
+//! 1. [`front`]: the proxy answers the client's handshake and commands
+//!    itself ([`Front`]) until its `publish` or `play`, within
+//!    `handshake_timeout`, so port scanners, probes, slow clients and
+//!    anyone who never says what they want hold no slot and reach no
+//!    media server.
+//! 2. [`Opening::greet`], on every backend connection attempt: the PROXY
+//!    protocol header (if configured), the proxy's own handshake with the
+//!    server, then every byte the client sent after its handshake,
+//!    verbatim; the server's answers are judged ([`Judge`]) until it
+//!    starts the stream. A server that closes, fails or declines fails the
+//!    attempt like a refused connect, and the next one gets the same
+//!    bytes: the publisher never notices.
+//! 3. [`register`]: the connection enters the stream directory
+//!    ([`crate::streams`]).
 //!
-//! In `protocol: tcp` mode only the PROXY header applies.
+//! In `protocol: tcp` mode only the PROXY header applies ([`Opening::send`]).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,24 +30,32 @@ use super::backend::ConnectError;
 use super::duplex::Flow;
 use crate::config::{Protocol, SendProxy};
 use crate::core::Settings;
-use crate::metrics;
 use crate::reason::Reason;
-use crate::rtmp::{self, Observer, Progress, C0C1_LEN};
-use crate::streams::{display_app, Directory, Handle, Registration};
+use crate::rtmp::handshake::{self, HANDSHAKE_LEN};
+use crate::rtmp::rechunk::{Phase, Rechunker};
+use crate::rtmp::upstream::{Judge, Refusal};
+use crate::rtmp::{self, Front, Progress, Role, StreamInfo, C0C1_LEN, C2_LEN, MAX_OBSERVED_BYTES};
+use crate::streams::{display_app, Directory, Registration};
 
-/// Most bytes read from a backend while waiting for its first answer:
-/// nginx-rtmp sends S0+S1+S2 (3073 bytes) at once.
+/// Most bytes read from a backend at once while its answer is judged.
 const FIRST_READ: usize = 8 * 1024;
+/// S0+S1+S2.
+const S0S1S2_LEN: usize = 1 + 2 * HANDSHAKE_LEN;
+/// Client bytes the front reads at most: its handshake, then the command
+/// phase up to [`MAX_OBSERVED_BYTES`] and one byte to prove it was passed.
+const MAX_FRONT_BYTES: usize = C0C1_LEN + C2_LEN + MAX_OBSERVED_BYTES + 1;
 
-/// Why a client was closed at the gate.
+/// Why a client was closed before its `publish` or `play`.
 #[derive(Debug)]
 pub enum GateError {
-    /// Fewer than 1537 bytes within `handshake_timeout`.
+    /// No `publish` or `play` within `handshake_timeout`.
     Timeout { got: usize, limit: Duration },
     /// A first byte other than 3: not RTMP (or RTMPE).
     BadVersion(u8),
-    /// The client closed or failed before sending all of C0+C1.
+    /// The client closed or failed before its `publish` or `play`.
     Incomplete { got: usize, error: Option<String> },
+    /// What it sent after the handshake is not RTMP the front understands.
+    NotUnderstood(&'static str),
 }
 
 impl GateError {
@@ -57,80 +64,99 @@ impl GateError {
             GateError::Timeout { .. } => Reason::HandshakeTimeout,
             GateError::BadVersion(_) => Reason::HandshakeBadVersion,
             GateError::Incomplete { .. } => Reason::HandshakeIncomplete,
+            GateError::NotUnderstood(_) => Reason::ProtocolError,
         }
     }
 }
 
 impl fmt::Display for GateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stage = |got: usize| {
+            if got < C0C1_LEN {
+                format!("{got} of {C0C1_LEN} handshake bytes")
+            } else {
+                format!(
+                    "the handshake and {} bytes, before publish or play",
+                    got.saturating_sub(C0C1_LEN)
+                )
+            }
+        };
         match self {
-            GateError::Timeout { got, limit } => write!(
+            GateError::Timeout { got, limit } if *got < C0C1_LEN => write!(
                 f,
                 "no RTMP handshake within {limit:?} ({got} of {C0C1_LEN} bytes)"
             ),
+            GateError::Timeout { got, limit } => {
+                write!(f, "no publish or play within {limit:?} ({})", stage(*got))
+            }
             GateError::BadVersion(v) => write!(
                 f,
                 "unsupported RTMP version byte {v} (expected {})",
                 rtmp::RTMP_VERSION
             ),
             GateError::Incomplete { got, error: None } => {
-                write!(f, "client closed after {got} of {C0C1_LEN} handshake bytes")
+                write!(f, "client closed after {}", stage(*got))
             }
             GateError::Incomplete {
                 got,
                 error: Some(e),
-            } => write!(
-                f,
-                "client failed after {got} of {C0C1_LEN} handshake bytes: {e}"
-            ),
+            } => write!(f, "client failed after {}: {e}", stage(*got)),
+            GateError::NotUnderstood(why) => {
+                write!(f, "RTMP not understood before publish or play ({why})")
+            }
         }
     }
 }
 
-/// `rtmp` mode: reads until `pending` (bytes already read from the
-/// client, e.g. by a previous process) holds C0+C1, and checks it.
-/// Reads never go past C0+C1: the client sends nothing more before the
-/// backend's S0+S1 anyway.
-pub async fn gate<S: AsyncRead + Unpin>(
+/// A client whose `publish` or `play` the front has read.
+pub struct Greeted {
+    pub front: Front,
+    pub info: StreamInfo,
+}
+
+/// `rtmp` mode: answers the client's handshake and commands until its
+/// `publish` or `play`, reading into `pending`, which then holds every
+/// byte the client sent. `None` in `tcp` mode.
+///
+/// A client passed on by an upgrade arrives with those bytes already read
+/// and answered by the old process: they are read again here without
+/// answering, which leaves the front in the state the client knows.
+pub async fn front<S: AsyncRead + AsyncWrite + Unpin>(
     settings: &Settings,
     client: &mut S,
     pending: &mut Vec<u8>,
-) -> Result<(), GateError> {
+) -> Result<Option<Greeted>, GateError> {
     if settings.protocol != Protocol::Rtmp {
-        return Ok(());
+        return Ok(None);
     }
-    let read = async {
+    let answered = pending.len().min(MAX_FRONT_BYTES);
+    let talk = async {
+        read_at_least(client, pending, C0C1_LEN).await?;
+        let hello = pending.get(..C0C1_LEN).unwrap_or_default();
+        if answered <= C0C1_LEN {
+            debug!("answering a {} RTMP handshake", handshake::kind(hello));
+            let answer = handshake::answer(hello);
+            write(client, &answer, pending.len()).await?;
+        }
+        let mut front = Front::new();
+        let mut fed = C0C1_LEN;
         loop {
-            // The version byte says "not RTMP" before the rest arrives.
-            if let Some(&v) = pending.first() {
-                if v != rtmp::RTMP_VERSION {
-                    return Err(GateError::BadVersion(v));
-                }
+            let mut reply = Vec::new();
+            let progress = front
+                .feed(pending.get(fed..).unwrap_or_default(), &mut reply)
+                .clone();
+            if pending.len() > answered {
+                write(client, &reply, pending.len()).await?;
             }
-            let need = C0C1_LEN.saturating_sub(pending.len());
-            if need == 0 {
-                return Ok(());
-            }
-            // Straight into `pending`: no buffer kept in the task.
-            pending.reserve(need);
-            match (&mut *client).take(need as u64).read_buf(pending).await {
-                Ok(0) => {
-                    return Err(GateError::Incomplete {
-                        got: pending.len(),
-                        error: None,
-                    })
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(GateError::Incomplete {
-                        got: pending.len(),
-                        error: Some(e.to_string()),
-                    })
-                }
+            fed = pending.len();
+            match progress {
+                Progress::NeedMore => read_at_least(client, pending, fed.saturating_add(1)).await?,
+                Progress::Found(info) => return Ok(Some(Greeted { front, info })),
+                Progress::Unknown(why) => return Err(GateError::NotUnderstood(why)),
             }
         }
     };
-    let outcome = tokio::time::timeout(settings.handshake_timeout, read).await;
+    let outcome = tokio::time::timeout(settings.handshake_timeout, talk).await;
     match outcome {
         Ok(result) => result,
         Err(_) => Err(GateError::Timeout {
@@ -138,6 +164,61 @@ pub async fn gate<S: AsyncRead + Unpin>(
             limit: settings.handshake_timeout,
         }),
     }
+}
+
+/// Reads into `pending` until it holds `want` bytes (at most
+/// [`MAX_FRONT_BYTES`]), checking the version byte first.
+async fn read_at_least<S: AsyncRead + Unpin>(
+    client: &mut S,
+    pending: &mut Vec<u8>,
+    want: usize,
+) -> Result<(), GateError> {
+    loop {
+        // The version byte says "not RTMP" before the rest arrives.
+        if let Some(&v) = pending.first() {
+            if v != rtmp::RTMP_VERSION {
+                return Err(GateError::BadVersion(v));
+            }
+        }
+        if pending.len() >= want {
+            return Ok(());
+        }
+        // Never past C0+C1 before it is answered: the client sends nothing
+        // more until then anyway.
+        let room = if pending.len() < C0C1_LEN {
+            C0C1_LEN.saturating_sub(pending.len())
+        } else {
+            MAX_FRONT_BYTES.saturating_sub(pending.len()).min(16 * 1024)
+        };
+        // Straight into `pending`: no buffer kept in the task.
+        pending.reserve(room);
+        let error = match (&mut *client).take(room as u64).read_buf(pending).await {
+            Ok(0) => None,
+            Ok(_) => continue,
+            Err(e) => Some(e.to_string()),
+        };
+        return Err(GateError::Incomplete {
+            got: pending.len(),
+            error,
+        });
+    }
+}
+
+async fn write<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    bytes: &[u8],
+    got: usize,
+) -> Result<(), GateError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    client
+        .write_all(bytes)
+        .await
+        .map_err(|e| GateError::Incomplete {
+            got,
+            error: Some(e.to_string()),
+        })
 }
 
 /// What every backend connection attempt for this client starts with.
@@ -161,98 +242,55 @@ pub fn opening<'a>(
             Some(proxy_header(version, addrs))
         }
     };
+    let rtmp = settings.protocol == Protocol::Rtmp;
     Opening {
         header,
-        bytes: pending,
-        reply_timeout: (settings.protocol == Protocol::Rtmp).then_some(settings.connect_timeout),
+        // After its handshake, which the proxy answered.
+        bytes: if rtmp {
+            pending.get(C0C1_LEN + C2_LEN..).unwrap_or_default()
+        } else {
+            pending
+        },
+        reply_timeout: rtmp.then_some(settings.connect_timeout),
     }
 }
 
-/// `rtmp` mode: enters the connection in the stream directory and has
-/// `flow` hand a copy of the client's bytes to an observer. `pending`
-/// holds every client byte sent to the backend before the copy loop.
-pub fn track(
-    settings: &Settings,
+/// Enters the connection in the stream directory, identified.
+pub fn register(
     streams: &Arc<Directory>,
     flow: &Arc<Flow>,
     client_addr: &str,
     backend: SocketAddr,
-    pending: &[u8],
-) -> Option<Registration> {
-    if settings.protocol != Protocol::Rtmp {
-        return None;
-    }
+    found: &StreamInfo,
+) -> Registration {
     let registration = streams.add(client_addr, backend, flow.clone());
-    let mut tap = Tap {
-        observer: Observer::new(),
-        entry: registration.handle(),
-        client: client_addr.to_owned(),
-        backend,
-    };
-    // Bytes past C0+C1 read before the copy: a forwarded client's.
-    if tap.feed(pending.get(C0C1_LEN..).unwrap_or_default()) {
-        flow.tap_client(Box::new(move |bytes| tap.feed(bytes)));
-    }
-    Some(registration)
-}
-
-/// Watches one client's bytes after C0+C1 and reports to the directory.
-struct Tap {
-    observer: Observer,
-    entry: Handle,
-    client: String,
-    backend: SocketAddr,
-}
-
-impl Tap {
-    /// Returns whether it wants more bytes.
-    fn feed(&mut self, bytes: &[u8]) -> bool {
-        if bytes.is_empty() {
-            return true;
-        }
-        let m = metrics::get();
-        match self.observer.feed(bytes) {
-            Progress::NeedMore => true,
-            Progress::Found(found) => {
-                // Logged here as well as at the end: publishes last hours.
-                info!(
-                    "{} -> {}: {} {}/{}",
-                    self.client,
-                    self.backend,
-                    found.role,
-                    display_app(&found.app),
-                    rtmp::redact(&found.stream_key)
-                );
-                let role = match found.role {
-                    rtmp::Role::Publish { .. } => "publish",
-                    rtmp::Role::Play => "play",
-                };
-                m.streams_identified.with_label_values(&[role]).inc();
-                self.entry.identified(found.clone());
-                false
-            }
-            Progress::Unknown(reason) => {
-                info!(
-                    "{} -> {}: stream not understood ({reason}); proxied as plain TCP",
-                    self.client, self.backend
-                );
-                m.streams_unknown.with_label_values(&[reason]).inc();
-                self.entry.unknown(reason);
-                false
-            }
-        }
-    }
+    // Logged here as well as at the end: publishes last hours.
+    info!(
+        "{client_addr} -> {backend}: {} {}/{}",
+        found.role,
+        display_app(&found.app),
+        rtmp::redact(&found.stream_key)
+    );
+    registration.handle().identified(found.clone());
+    registration
 }
 
 /// The start of every backend connection for one client.
 pub struct Opening<'a> {
     header: Option<Vec<u8>>,
-    /// Client bytes read so far (C0+C1 in `rtmp` mode).
+    /// Client bytes to send: in `rtmp` mode those after its handshake.
     bytes: &'a [u8],
     /// `rtmp` mode: the backend must answer within this.
     reply_timeout: Option<Duration>,
 }
 
+/// A server that has taken the stream.
+pub struct Greeting {
+    /// Its first messages, rewritten for the client.
+    pub first: Vec<u8>,
+    /// Rewrites the rest of what it sends.
+    pub rechunker: Rechunker,
+}
 /// What a `kind: rtmp` health check sends: version 3, time and zero
 /// fields 0, no randomness needed for a server to answer.
 static CHECK_C0C1: [u8; C0C1_LEN] = {
@@ -275,9 +313,88 @@ impl Opening<'static> {
 }
 
 impl Opening<'_> {
+    /// `rtmp` mode: the PROXY header and the proxy's own handshake on a
+    /// fresh backend connection, then the client's bytes after its
+    /// handshake; returns once the server has started the stream. An error
+    /// means the attempt failed and the next server should be tried.
+    pub async fn greet<S>(
+        &self,
+        backend: &mut S,
+        front: &Front,
+        role: &Role,
+    ) -> Result<Greeting, ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let limit = self.reply_timeout.unwrap_or(Duration::ZERO);
+        let talk = async {
+            let hello = [
+                self.header.as_deref().unwrap_or_default(),
+                &handshake::client_hello(),
+            ]
+            .concat();
+            backend
+                .write_all(&hello)
+                .await
+                .map_err(ConnectError::SendFailed)?;
+            let mut answer = vec![0u8; S0S1S2_LEN];
+            backend
+                .read_exact(&mut answer)
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => ConnectError::Closed,
+                    _ => ConnectError::AnswerFailed(e),
+                })?;
+            match answer.first() {
+                Some(&rtmp::RTMP_VERSION) => {}
+                other => {
+                    return Err(ConnectError::NotRtmp(format!(
+                        "version byte {}",
+                        other.copied().unwrap_or_default()
+                    )))
+                }
+            }
+            let reply = [&handshake::client_reply(&answer), self.bytes].concat();
+            backend
+                .write_all(&reply)
+                .await
+                .map_err(ConnectError::SendFailed)?;
+            let mut rechunker = Rechunker::new(front.writer().clone(), true);
+            let mut judge = Judge::new(role, front.answered());
+            let mut first = Vec::new();
+            let mut buf = vec![0u8; FIRST_READ];
+            loop {
+                let n = match backend.read(&mut buf).await {
+                    Ok(0) => return Err(ConnectError::Left),
+                    Ok(n) => n,
+                    Err(e) => return Err(ConnectError::AnswerFailed(e)),
+                };
+                let read = buf.get(..n).unwrap_or_default();
+                let phase = rechunker
+                    .feed(read, &mut first, &mut |h, p| judge.judge(h, p))
+                    .map_err(|e| ConnectError::BadAnswer(e.reason()))?;
+                match phase {
+                    Phase::Holding => {}
+                    Phase::Passing => return Ok(Greeting { first, rechunker }),
+                    Phase::Refused => {
+                        return Err(match judge.refusal.take() {
+                            Some(Refusal::Declined(status)) => ConnectError::Declined(status),
+                            Some(Refusal::OtherStreamId(id)) => ConnectError::OtherStreamId(id),
+                            None => ConnectError::Left,
+                        })
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(limit, talk).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::NoAnswer(limit)),
+        }
+    }
+
     /// Sends the PROXY header and the client's bytes on a fresh backend
-    /// connection, then (`rtmp` mode) waits for the backend's first bytes
-    /// and returns them. An error means the attempt failed and the backend
+    /// connection, then (a health check) waits for the backend's first
+    /// bytes and returns them. An error means the attempt failed and the backend
     /// should be treated like one that refused the connect.
     pub async fn send<S>(&self, backend: &mut S) -> Result<Vec<u8>, ConnectError>
     where
@@ -389,55 +506,96 @@ mod tests {
         b
     }
 
-    #[tokio::test]
-    async fn gate_passes_a_handshake_in_pieces_and_reads_no_further() {
-        let r = rtmp_mode("  handshake_timeout: 5s\n");
+    const PUBLISH: &[u8] = include_bytes!("../rtmp/testdata/ffmpeg_publish.bin");
+    /// Where ffmpeg's publish command ends in the fixture.
+    const PUBLISH_END: usize = C0C1_LEN + C2_LEN + 348;
+
+    /// The front over ffmpeg's real bytes, in pieces; returns what the
+    /// client was sent and what the front read.
+    async fn front_over(
+        settings: &Settings,
+        sent: &[u8],
+        pending: &mut Vec<u8>,
+    ) -> (Result<Option<Greeted>, GateError>, Vec<u8>) {
         let (mut client, mut peer) = pipe();
-        let mut sent = c0c1();
-        sent.extend_from_slice(b"C2 follows");
         for piece in sent.chunks(500) {
             peer.write_all(piece).await.unwrap();
         }
-        let mut pending = Vec::new();
-        gate(&r, &mut client, &mut pending).await.unwrap();
-        assert_eq!(pending, c0c1());
-        // Already read (a forwarded client): nothing more is needed.
-        gate(&r, &mut client, &mut pending).await.unwrap();
-        assert_eq!(pending.len(), C0C1_LEN);
+        drop_writes(&mut peer).await;
+        let result = front(settings, &mut client, pending).await;
+        drop(client);
+        let mut answers = Vec::new();
+        peer.read_to_end(&mut answers).await.unwrap();
+        (result, answers)
+    }
+
+    /// The client sends nothing more.
+    async fn drop_writes(peer: &mut DuplexStream) {
+        peer.shutdown().await.unwrap();
     }
 
     #[tokio::test]
-    async fn gate_rejects_a_bad_version_at_the_first_byte() {
+    async fn the_front_answers_ffmpeg_until_its_publish_and_again_silently_after_an_upgrade() {
+        let r = rtmp_mode("  handshake_timeout: 5s\n");
+        let mut pending = Vec::new();
+        let (result, answers) = front_over(&r, &PUBLISH[..PUBLISH_END], &mut pending).await;
+        let greeted = result.unwrap().unwrap();
+        assert_eq!(greeted.info.stream_key, "testkey123");
+        assert_eq!(pending.len(), PUBLISH_END);
+        // S0+S1+S2, then window, bandwidth and the answers to connect,
+        // releaseStream, FCPublish and createStream.
+        assert_eq!(answers[0], rtmp::RTMP_VERSION);
+        assert!(answers.len() > S0S1S2_LEN + 100, "{}", answers.len());
+        assert_eq!(greeted.front.answered().len(), 4);
+        // A forwarded client: the same state, and nothing said again.
+        let (again, said) = front_over(&r, &[], &mut pending).await;
+        let again = again.unwrap().unwrap();
+        assert!(said.is_empty());
+        assert_eq!(again.front.answered(), greeted.front.answered());
+    }
+
+    #[tokio::test]
+    async fn the_front_refuses_what_is_not_rtmp() {
         let r = rtmp_mode("");
-        let (mut client, mut peer) = pipe();
-        peer.write_all(&[9]).await.unwrap();
-        let e = gate(&r, &mut client, &mut Vec::new()).await.unwrap_err();
+        let (e, _) = front_over(&r, &[9], &mut Vec::new()).await;
+        let e = e.err().unwrap();
         assert_eq!(e.reason(), Reason::HandshakeBadVersion);
         assert_eq!(
             e.to_string(),
             "unsupported RTMP version byte 9 (expected 3)"
         );
-    }
 
-    #[tokio::test]
-    async fn gate_rejects_a_client_that_closes_early() {
-        let r = rtmp_mode("");
-        let (mut client, mut peer) = pipe();
-        peer.write_all(&c0c1()[..100]).await.unwrap();
-        drop(peer);
-        let e = gate(&r, &mut client, &mut Vec::new()).await.unwrap_err();
+        let (e, _) = front_over(&r, &c0c1()[..100], &mut Vec::new()).await;
+        let e = e.err().unwrap();
         assert_eq!(e.reason(), Reason::HandshakeIncomplete);
         assert_eq!(
             e.to_string(),
             "client closed after 100 of 1537 handshake bytes"
         );
+
+        let mut http = c0c1();
+        http.extend(vec![0; C2_LEN]);
+        http.extend(b"GET / HTTP/1.1\r\n\r\n");
+        let (e, _) = front_over(&r, &http, &mut Vec::new()).await;
+        let e = e.err().unwrap();
+        assert_eq!(e.reason(), Reason::ProtocolError);
+        assert_eq!(
+            e.to_string(),
+            "RTMP not understood before publish or play (bad_message_type)"
+        );
+        // Closed after the handshake, before its publish.
+        let (e, _) = front_over(&r, &PUBLISH[..PUBLISH_END - 1], &mut Vec::new()).await;
+        assert_eq!(
+            e.err().unwrap().to_string(),
+            "client closed after the handshake and 1883 bytes, before publish or play"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn gate_times_out_a_silent_client() {
+    async fn the_front_times_out_a_silent_client() {
         let r = rtmp_mode("  handshake_timeout: 2s\n");
         let (mut client, _peer) = pipe();
-        let e = gate(&r, &mut client, &mut Vec::new()).await.unwrap_err();
+        let e = front(&r, &mut client, &mut Vec::new()).await.err().unwrap();
         assert_eq!(e.reason(), Reason::HandshakeTimeout);
         assert_eq!(
             e.to_string(),
@@ -446,51 +604,74 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gate_is_open_in_tcp_mode() {
+    async fn the_front_is_open_in_tcp_mode() {
         let r = rtmp_mode("  protocol: tcp\n");
         let (mut client, _peer) = pipe();
         let mut pending = Vec::new();
-        gate(&r, &mut client, &mut pending).await.unwrap();
+        assert!(front(&r, &mut client, &mut pending)
+            .await
+            .unwrap()
+            .is_none());
         assert!(pending.is_empty());
     }
 
-    #[tokio::test]
-    async fn opening_sends_header_and_bytes_and_returns_the_first_answer() {
-        let r = rtmp_mode("  send_proxy: v1\n");
-        let bytes = c0c1();
-        let opening = opening(&r, || None, "c", &bytes);
-        let (mut backend, mut server) = pipe();
-        let serve = async {
-            let mut got = vec![0u8; 15 + C0C1_LEN];
-            server.read_exact(&mut got).await.unwrap();
-            server.write_all(b"S0S1").await.unwrap();
-            got
-        };
-        let (first, got) = tokio::join!(opening.send(&mut backend), serve);
-        assert_eq!(first.unwrap(), b"S0S1");
-        // No addresses known: the header says so.
-        assert_eq!(&got[..15], b"PROXY UNKNOWN\r\n");
-        assert_eq!(&got[15..], bytes.as_slice());
+    /// A media server as far as `greet` needs one: reads the proxy's
+    /// handshake and the replay, then sends `answers` (a chunk stream).
+    async fn server(mut end: DuplexStream, answers: Vec<u8>) -> Vec<u8> {
+        let mut hello = vec![0u8; 15 + C0C1_LEN];
+        end.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello[..15], b"PROXY UNKNOWN\r\n");
+        let s = handshake::answer(&hello[15..]);
+        end.write_all(&s).await.unwrap();
+        let mut replay = vec![0u8; PUBLISH_END - C0C1_LEN];
+        end.read_exact(&mut replay).await.unwrap();
+        end.write_all(&answers).await.unwrap();
+        replay
+    }
+
+    fn status(level: &str, code: &str) -> Vec<u8> {
+        use crate::rtmp::amf0::{encode, Value};
+        let text = |s: &str| Value::String(s.into());
+        let info = Value::Object(vec![
+            ("level".into(), text(level)),
+            ("code".into(), text(code)),
+            ("description".into(), text("said so")),
+        ]);
+        let mut payload = Vec::new();
+        let values = [text("onStatus"), Value::Number(0.0), Value::Null, info];
+        encode(&values, &mut payload);
+        crate::rtmp::chunk::testutil::message(5, 20, 0, &payload, 128)
     }
 
     #[tokio::test]
-    async fn opening_fails_when_the_backend_closes_without_answering() {
-        let r = rtmp_mode("");
-        let bytes = c0c1();
-        let opening = opening(&r, || None, "c", &bytes);
-        let (mut backend, mut server) = pipe();
-        let serve = async {
-            let mut got = vec![0u8; C0C1_LEN];
-            server.read_exact(&mut got).await.unwrap();
-            drop(server);
-        };
-        let (first, ()) = tokio::join!(opening.send(&mut backend), serve);
-        assert!(matches!(first, Err(ConnectError::Closed)), "{first:?}");
-        // In tcp mode nothing is awaited.
-        let r = rtmp_mode("  protocol: tcp\n");
-        let opening = super::opening(&r, || None, "c", &[]);
-        let (mut backend, _server) = pipe();
-        assert!(opening.send(&mut backend).await.unwrap().is_empty());
+    async fn greet_replays_the_client_and_waits_for_the_server_to_take_the_stream() {
+        let r = rtmp_mode("  send_proxy: v1\n");
+        let mut pending = Vec::new();
+        let (greeted, _) = front_over(&r, &PUBLISH[..PUBLISH_END], &mut pending).await;
+        let greeted = greeted.unwrap().unwrap();
+        let opening = opening(&r, || None, "c", &pending);
+        let (mut backend, end) = pipe();
+        let started = status("status", "NetStream.Publish.Start");
+        let (greeting, replay) = tokio::join!(
+            opening.greet(&mut backend, &greeted.front, &greeted.info.role),
+            server(end, started)
+        );
+        // C2, then the client's bytes after its handshake, verbatim.
+        assert_eq!(&replay[C2_LEN..], &PUBLISH[C0C1_LEN + C2_LEN..PUBLISH_END]);
+        assert!(!greeting.unwrap().first.is_empty());
+
+        let (mut backend, end) = pipe();
+        let bad = status("error", "NetStream.Publish.BadName");
+        let (greeting, _) = tokio::join!(
+            opening.greet(&mut backend, &greeted.front, &greeted.info.role),
+            server(end, bad)
+        );
+        let e = greeting.err().unwrap();
+        assert!(!e.marks_down());
+        assert_eq!(
+            e.to_string(),
+            "declined the stream: NetStream.Publish.BadName (said so)"
+        );
     }
 
     fn addrs() -> (SocketAddr, SocketAddr) {

@@ -1,7 +1,8 @@
 //! Command messages (spec section 7.2): `[name, transaction id, command
-//! object, args...]` in AMF0. Only the client commands that say where a
-//! connection is going are interpreted; the rest are recognised by name and
-//! ignored without decoding their arguments.
+//! object, args...]` in AMF0. Only the client commands the front answers
+//! or routes by, and the server answers it judges, are interpreted; the
+//! rest are recognised by name and ignored without decoding their
+//! arguments.
 
 use super::amf0::{Amf0Error, Decoder, Value};
 use super::chunk::MSG_COMMAND_AMF3;
@@ -12,6 +13,8 @@ pub enum Command {
     Connect {
         app: Option<String>,
         tc_url: Option<String>,
+        /// 0 (AMF0) or 3 (AMF3), echoed in the answer.
+        object_encoding: Option<f64>,
     },
     /// FMLE-style announcements before `publish` (not in the spec; sent by
     /// ffmpeg, OBS and FMLE) naming the stream about to be published.
@@ -25,8 +28,59 @@ pub enum Command {
     },
     /// `play(txid, null, name, ...)` (spec 7.2.2.1).
     Play(Option<String>),
-    /// Anything else (createStream, getStreamLength, _checkbw, ...).
+    /// `createStream(txid, null)` (spec 7.2.1.3).
+    CreateStream,
+    /// `getStreamLength(txid, null, name)`: players ask before `play`.
+    GetStreamLength,
+    /// Anything else (_checkbw, FCSubscribe, deleteStream, ...).
     Other,
+}
+
+/// A command and its transaction id (0: no answer expected).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invoke {
+    pub txid: f64,
+    pub command: Command,
+}
+
+/// What a media server says to the client's commands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `_result` (`ok`) or `_error` to the command with `txid`; `value` is
+    /// the argument after the command object: createStream's stream id,
+    /// or an `_error`'s information object.
+    Result {
+        txid: f64,
+        ok: bool,
+        value: Option<Value>,
+    },
+    /// `onStatus(0, null, {level, code, description})` (spec 7.2.2).
+    Status(Status),
+    Other,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub level: String,
+    pub code: String,
+    pub description: String,
+}
+
+impl Status {
+    /// The fields of an information object; missing ones are empty.
+    pub fn from_info(info: Option<&Value>) -> Self {
+        let field = |k: &str| {
+            info.and_then(|i| i.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Self {
+            level: field("level"),
+            code: field("code"),
+            description: field("description"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +90,8 @@ pub enum CommandError {
     NoName,
     /// `connect` whose command object is not an object.
     BadConnect,
+    /// `_result` or `_error` without a transaction id.
+    NoTransaction,
 }
 
 impl CommandError {
@@ -44,6 +100,7 @@ impl CommandError {
             Self::Amf0(_) => "bad_amf0",
             Self::NoName => "bad_command",
             Self::BadConnect => "bad_connect",
+            Self::NoTransaction => "bad_answer",
         }
     }
 }
@@ -54,8 +111,8 @@ impl From<Amf0Error> for CommandError {
     }
 }
 
-/// Decodes a command message of type 20 (AMF0) or 17 (AMF3).
-pub fn parse(msg_type: u8, payload: &[u8]) -> Result<Command, CommandError> {
+/// The name and a decoder positioned after it.
+fn start(msg_type: u8, payload: &[u8]) -> Result<(String, Decoder<'_>), CommandError> {
     // Spec 7.1.1: AMF3 command messages start with a format selector byte 0
     // and are AMF0 from there (values may switch to AMF3 via marker 0x11,
     // which clients don't do for these commands). A command name starts
@@ -65,9 +122,16 @@ pub fn parse(msg_type: u8, payload: &[u8]) -> Result<Command, CommandError> {
         _ => payload,
     };
     let mut d = Decoder::new(body);
-    let Some(Value::String(name)) = d.next_value()? else {
-        return Err(CommandError::NoName);
-    };
+    match d.next_value()? {
+        Some(Value::String(name)) => Ok((name, d)),
+        _ => Err(CommandError::NoName),
+    }
+}
+
+/// Decodes a client's command message of type 20 (AMF0) or 17 (AMF3).
+pub fn parse(msg_type: u8, payload: &[u8]) -> Result<Invoke, CommandError> {
+    let (name, mut d) = start(msg_type, payload)?;
+    let mut txid = 0.0;
     let mut arg = |n: usize| -> Result<Option<Value>, CommandError> {
         // Skips n-1 values, returns the nth (None if the message ends first).
         for _ in 1..n {
@@ -81,23 +145,71 @@ pub fn parse(msg_type: u8, payload: &[u8]) -> Result<Command, CommandError> {
         Some(Value::String(s)) => Some(s),
         _ => None,
     };
-    Ok(match name.as_str() {
-        "connect" => match arg(2)? {
+    let interesting = matches!(
+        name.as_str(),
+        "connect"
+            | "releaseStream"
+            | "FCPublish"
+            | "play"
+            | "publish"
+            | "createStream"
+            | "getStreamLength"
+    );
+    if interesting {
+        if let Some(Value::Number(n)) = arg(1)? {
+            txid = n;
+        }
+    }
+    let command = match name.as_str() {
+        "connect" => match arg(1)? {
             Some(obj @ Value::Object(_)) => Command::Connect {
                 app: string(obj.get("app").cloned()),
                 tc_url: string(obj.get("tcUrl").cloned()),
+                object_encoding: match obj.get("objectEncoding") {
+                    Some(Value::Number(n)) => Some(*n),
+                    _ => None,
+                },
             },
             _ => return Err(CommandError::BadConnect),
         },
-        // Args after the transaction id and the null command object.
-        "releaseStream" => Command::ReleaseStream(string(arg(3)?)),
-        "FCPublish" => Command::FcPublish(string(arg(3)?)),
-        "play" => Command::Play(string(arg(3)?)),
+        // Args after the null command object.
+        "releaseStream" => Command::ReleaseStream(string(arg(2)?)),
+        "FCPublish" => Command::FcPublish(string(arg(2)?)),
+        "play" => Command::Play(string(arg(2)?)),
         "publish" => Command::Publish {
-            name: string(arg(3)?),
+            name: string(arg(2)?),
             kind: string(arg(1)?),
         },
+        "createStream" => Command::CreateStream,
+        "getStreamLength" => Command::GetStreamLength,
         _ => Command::Other,
+    };
+    Ok(Invoke { txid, command })
+}
+
+/// Decodes a media server's command message (type 20 or 17).
+pub fn parse_answer(msg_type: u8, payload: &[u8]) -> Result<Answer, CommandError> {
+    let (name, mut d) = start(msg_type, payload)?;
+    let ok = match name.as_str() {
+        "_result" => true,
+        "_error" => false,
+        "onStatus" => {
+            // Transaction id and command object first.
+            d.next_value()?;
+            d.next_value()?;
+            return Ok(Answer::Status(Status::from_info(d.next_value()?.as_ref())));
+        }
+        _ => return Ok(Answer::Other),
+    };
+    let txid = match d.next_value()? {
+        Some(Value::Number(n)) => n,
+        _ => return Err(CommandError::NoTransaction),
+    };
+    d.next_value()?;
+    Ok(Answer::Result {
+        txid,
+        ok,
+        value: d.next_value()?,
     })
 }
 
@@ -105,6 +217,10 @@ pub fn parse(msg_type: u8, payload: &[u8]) -> Result<Command, CommandError> {
 mod tests {
     use super::super::amf0::enc;
     use super::*;
+
+    fn command_of(msg_type: u8, m: &[u8]) -> Result<Command, CommandError> {
+        parse(msg_type, m).map(|i| i.command)
+    }
 
     fn cmd(parts: &[Vec<u8>]) -> Vec<u8> {
         parts.concat()
@@ -122,20 +238,22 @@ mod tests {
             ]),
         ]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Ok(Command::Connect {
                 app: Some("live".into()),
-                tc_url: Some("rtmp://h/live".into())
+                tc_url: Some("rtmp://h/live".into()),
+                object_encoding: None,
             })
         );
         let m = cmd(&[enc::string("connect"), enc::number(1.0), enc::null()]);
-        assert_eq!(parse(20, &m), Err(CommandError::BadConnect));
+        assert_eq!(command_of(20, &m), Err(CommandError::BadConnect));
         let m = cmd(&[enc::string("connect"), enc::number(1.0), enc::object(&[])]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Ok(Command::Connect {
                 app: None,
-                tc_url: None
+                tc_url: None,
+                object_encoding: None,
             })
         );
     }
@@ -146,7 +264,7 @@ mod tests {
         let key = enc::string("key?token=abc");
         let m = cmd(&[head("publish"), key.clone(), enc::string("record")]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Ok(Command::Publish {
                 name: Some("key?token=abc".into()),
                 kind: Some("record".into())
@@ -154,7 +272,7 @@ mod tests {
         );
         let m = cmd(&[head("publish"), key.clone()]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Ok(Command::Publish {
                 name: Some("key?token=abc".into()),
                 kind: None
@@ -162,7 +280,7 @@ mod tests {
         );
         let m = cmd(&[head("publish"), enc::number(3.0)]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Ok(Command::Publish {
                 name: None,
                 kind: None
@@ -170,21 +288,26 @@ mod tests {
         );
         let m = cmd(&[head("FCPublish"), key.clone()]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Ok(Command::FcPublish(Some("key?token=abc".into())))
         );
         let m = cmd(&[head("releaseStream"), key.clone()]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Ok(Command::ReleaseStream(Some("key?token=abc".into())))
         );
         let m = cmd(&[head("play"), key, enc::number(-2000.0)]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Ok(Command::Play(Some("key?token=abc".into())))
         );
-        assert_eq!(parse(20, &head("play")), Ok(Command::Play(None)));
-        assert_eq!(parse(20, &head("createStream")), Ok(Command::Other));
+        assert_eq!(command_of(20, &head("play")), Ok(Command::Play(None)));
+        assert_eq!(
+            command_of(20, &head("createStream")),
+            Ok(Command::CreateStream)
+        );
+        assert_eq!(parse(20, &head("createStream")).unwrap().txid, 5.0);
+        assert_eq!(command_of(20, &head("_checkbw")), Ok(Command::Other));
     }
 
     #[test]
@@ -196,27 +319,77 @@ mod tests {
             enc::null(),
             enc::string("k"),
         ]);
-        assert_eq!(parse(17, &m), Ok(Command::Play(Some("k".into()))));
+        assert_eq!(command_of(17, &m), Ok(Command::Play(Some("k".into()))));
         // Without the selector byte it still parses; with it as type 20 it doesn't.
-        assert_eq!(parse(17, &m[1..]), Ok(Command::Play(Some("k".into()))));
-        assert_eq!(parse(20, &m), Err(CommandError::NoName));
+        assert_eq!(command_of(17, &m[1..]), Ok(Command::Play(Some("k".into()))));
+        assert_eq!(command_of(20, &m), Err(CommandError::NoName));
+    }
+
+    #[test]
+    fn server_answers() {
+        let info = enc::object(&[
+            ("level", "error"),
+            ("code", "NetStream.Publish.BadName"),
+            ("description", "Already publishing"),
+        ]);
+        let m = cmd(&[
+            enc::string("onStatus"),
+            enc::number(0.0),
+            enc::null(),
+            info.clone(),
+        ]);
+        let want = Status {
+            level: "error".into(),
+            code: "NetStream.Publish.BadName".into(),
+            description: "Already publishing".into(),
+        };
+        assert_eq!(parse_answer(20, &m), Ok(Answer::Status(want)));
+        let m = cmd(&[
+            enc::string("_result"),
+            enc::number(4.0),
+            enc::null(),
+            enc::number(1.0),
+        ]);
+        assert_eq!(
+            parse_answer(20, &m),
+            Ok(Answer::Result {
+                txid: 4.0,
+                ok: true,
+                value: Some(Value::Number(1.0))
+            })
+        );
+        let m = cmd(&[enc::string("_error"), enc::number(1.0), enc::null(), info]);
+        let Ok(Answer::Result {
+            ok: false, value, ..
+        }) = parse_answer(20, &m)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            Status::from_info(value.as_ref()).description,
+            "Already publishing"
+        );
+        let m = cmd(&[enc::string("_result"), enc::string("x")]);
+        assert_eq!(parse_answer(20, &m), Err(CommandError::NoTransaction));
+        let m = cmd(&[enc::string("onBWDone"), enc::number(0.0)]);
+        assert_eq!(parse_answer(20, &m), Ok(Answer::Other));
     }
 
     #[test]
     fn malformed() {
-        assert_eq!(parse(20, &[]), Err(CommandError::NoName));
-        assert_eq!(parse(20, &enc::number(1.0)), Err(CommandError::NoName));
+        assert_eq!(command_of(20, &[]), Err(CommandError::NoName));
+        assert_eq!(command_of(20, &enc::number(1.0)), Err(CommandError::NoName));
         assert_eq!(
-            parse(20, &[2, 0, 9, b'c']),
+            command_of(20, &[2, 0, 9, b'c']),
             Err(CommandError::Amf0(Amf0Error::Truncated))
         );
         let m = cmd(&[enc::string("publish"), enc::number(5.0), vec![0x42]]);
         assert_eq!(
-            parse(20, &m),
+            command_of(20, &m),
             Err(CommandError::Amf0(Amf0Error::UnknownMarker(0x42)))
         );
         // Arguments of uninteresting commands are not even decoded.
         let m = cmd(&[enc::string("_checkbw"), vec![0x42]]);
-        assert_eq!(parse(20, &m), Ok(Command::Other));
+        assert_eq!(command_of(20, &m), Ok(Command::Other));
     }
 }

@@ -1,24 +1,29 @@
-//! Passive, bounded parser for the client-to-server side of an RTMP
-//! connection: enough to learn which app and stream key a client wants and
-//! whether it publishes or plays, from a copy of the bytes it sends.
+//! RTMP as the proxy speaks it: the server's side of a connection up to
+//! the client's `publish` or `play`, after which the proxy knows where the
+//! client is going and hands it to a media server.
 //!
 //! Layers, each knowing nothing of the ones above it:
 //!
-//! 1. bytes -> handshake: the proxy's gate (`proxy::rtmp::gate`) vets
-//!    C0+C1; [`Observer`] skips C2 (spec section 5.2, "Handshake").
+//! 1. bytes -> handshake ([`handshake`]): S0+S1+S2 for a client's C0+C1,
+//!    simple or digest, and the proxy's own C0+C1 and C2 towards a server.
 //! 2. bytes -> chunks -> messages ([`chunk`]): chunk headers, chunk size,
 //!    interleaving and reassembly; no meaning beyond framing. Only command
-//!    messages are buffered; media is skipped by counting.
-//! 3. messages -> AMF0 values ([`amf0`]).
-//! 4. values -> commands ([`command`]): `connect`, `releaseStream`,
-//!    `FCPublish`, `publish`, `play`; meaning starts here.
-//! 5. commands -> [`Progress`]: this module keeps the little session state
-//!    (the `connect` seen, the FCPublish name) and decides when to stop.
+//!    messages are buffered; media is skipped by counting. [`rechunk`]
+//!    reads a server's chunk stream and writes it again for the client.
+//! 3. messages -> AMF0 values ([`amf0`]), both ways.
+//! 4. values -> commands ([`command`]): the client's `connect`,
+//!    `releaseStream`, `FCPublish`, `createStream`, `getStreamLength`,
+//!    `publish`, `play`, and a server's `_result`, `_error`, `onStatus`;
+//!    meaning starts here.
+//! 5. commands -> [`Progress`]: [`Front`] keeps the little session state
+//!    (the `connect` seen, the FCPublish name, the answers given) and
+//!    decides when to stop.
 //!
 //! Everything is bounded: the chunk stream bytes looked at
 //! ([`MAX_OBSERVED_BYTES`]), message size and chunk stream count
-//! ([`chunk`]), AMF0 depth and value count ([`amf0`]). Input may be split at
-//! any byte boundary with identical results. Nothing panics on any input.
+//! ([`chunk`]), AMF0 depth and value count ([`amf0`]), commands answered.
+//! Input may be split at any byte boundary with identical results. Nothing
+//! panics on any input.
 
 // Outside tests, nothing here may panic: enforce the usual suspects.
 #![cfg_attr(
@@ -38,10 +43,13 @@ pub mod chunk;
 pub mod command;
 pub mod handshake;
 pub mod rechunk;
+pub mod upstream;
 
 use std::fmt;
 
-use command::Command;
+use amf0::Value;
+use command::{Command, Invoke};
+use rechunk::{ChunkWriter, Header};
 
 /// C0 (version) + C1 (1536 bytes), what the client sends before anything else.
 pub const C0C1_LEN: usize = 1537;
@@ -114,9 +122,9 @@ pub enum Progress {
     NeedMore,
     /// A `publish` or `play` was seen. Final.
     Found(StreamInfo),
-    /// Not RTMP we understand, or a limit was hit. Final. The reason is a
-    /// metric label: `byte_limit`, `no_connect`, `connect_without_app`,
-    /// `no_stream_name`, those of [`chunk::ChunkError::reason`]
+    /// Not RTMP we understand, or a limit was hit. Final. The reason is
+    /// logged: `byte_limit`, `no_connect`, `connect_without_app`,
+    /// `no_stream_name`, `too_many_commands`, those of [`chunk::ChunkError::reason`]
     /// (`unknown_chunk_stream`, `too_many_chunk_streams`,
     /// `message_too_large`, `bad_message_type`, `bad_chunk_size`,
     /// `bad_control_message`) and of [`command::CommandError::reason`]
@@ -124,12 +132,43 @@ pub enum Progress {
     Unknown(&'static str),
 }
 
-/// Watches a copy of the client-to-server bytes that follow C0+C1 (C2, then
-/// the chunk stream) until it knows where the client is going.
-pub struct Observer {
+/// The message stream id the front gives every `createStream`, as
+/// nginx-rtmp, SRS and node-media-server give the first one.
+pub const STREAM_ID: u32 = 1;
+/// Commands answered per connection; real clients send 3 to 5.
+const MAX_ANSWERED: usize = 32;
+/// Window acknowledgement size and peer bandwidth the front announces,
+/// nginx-rtmp's defaults.
+const WINDOW: u32 = 5_000_000;
+/// Chunk streams of the front's messages, as nginx-rtmp uses them.
+const CSID_CONTROL: u32 = 2;
+const CSID_COMMAND: u32 = 3;
+const CSID_STATUS: u32 = 5;
+const MSG_WINDOW_ACK_SIZE: u8 = 5;
+const MSG_SET_PEER_BANDWIDTH: u8 = 6;
+
+/// A command the front answered, so the server's answer to the same
+/// replayed command must not reach the client twice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Answered {
+    pub txid: f64,
+    /// The answer carried a stream id ([`STREAM_ID`]) the server must match.
+    pub gave_stream: bool,
+}
+
+/// The proxy's side of the command phase: reads the client's bytes after
+/// C0+C1 (C2, then the chunk stream), answers `connect`, `releaseStream`,
+/// `FCPublish`, `createStream` and `getStreamLength` as a media server
+/// would, and stops at the `publish` or `play`, which it leaves for the
+/// server to answer.
+pub struct Front {
     progress: Progress,
     /// Dropped once `progress` is final, freeing every buffer.
     session: Option<Box<Session>>,
+    /// What the client has seen from the proxy, for the chunk stream that
+    /// continues with the server's messages.
+    writer: ChunkWriter,
+    answered: Vec<Answered>,
 }
 
 struct Session {
@@ -143,13 +182,13 @@ struct Session {
     announced: Option<String>,
 }
 
-impl Default for Observer {
+impl Default for Front {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Observer {
+impl Front {
     pub fn new() -> Self {
         Self {
             progress: Progress::NeedMore,
@@ -160,13 +199,25 @@ impl Observer {
                 connect: None,
                 announced: None,
             })),
+            writer: ChunkWriter::default(),
+            answered: Vec::new(),
         }
     }
 
-    /// Feeds the next bytes the client sent. Once the result is final
-    /// (`Found` / `Unknown`), further calls return it without looking.
-    pub fn feed(&mut self, bytes: &[u8]) -> &Progress {
-        if let Some(done) = self.session.as_mut().and_then(|s| s.feed(bytes)) {
+    /// Feeds the next bytes the client sent, appending the proxy's answers
+    /// to `reply`. Once the result is final (`Found` / `Unknown`), further
+    /// calls return it without looking.
+    pub fn feed(&mut self, bytes: &[u8], reply: &mut Vec<u8>) -> &Progress {
+        let mut answers = Answers {
+            writer: &mut self.writer,
+            answered: &mut self.answered,
+            out: reply,
+        };
+        if let Some(done) = self
+            .session
+            .as_mut()
+            .and_then(|s| s.feed(bytes, &mut answers))
+        {
             self.progress = done;
             self.session = None;
         }
@@ -176,10 +227,30 @@ impl Observer {
     pub fn progress(&self) -> &Progress {
         &self.progress
     }
+
+    /// The client's side of the chunk stream as the proxy left it.
+    pub fn writer(&self) -> &ChunkWriter {
+        &self.writer
+    }
+
+    pub fn answered(&self) -> &[Answered] {
+        &self.answered
+    }
+
+    /// An `onStatus` error for the `publish` or `play`: what ffmpeg prints
+    /// as "Server error: {description}" and librtmp logs before closing.
+    pub fn refuse(&mut self, code: &str, description: &str, reply: &mut Vec<u8>) {
+        let mut answers = Answers {
+            writer: &mut self.writer,
+            answered: &mut self.answered,
+            out: reply,
+        };
+        answers.status("error", code, description);
+    }
 }
 
 impl Session {
-    fn feed(&mut self, bytes: &[u8]) -> Option<Progress> {
+    fn feed(&mut self, bytes: &[u8], answers: &mut Answers<'_>) -> Option<Progress> {
         let skip = self.c2_left.min(bytes.len());
         self.c2_left = self.c2_left.saturating_sub(skip);
         let bytes = bytes.get(skip..).unwrap_or_default();
@@ -193,8 +264,8 @@ impl Session {
                 Ok(None) => break,
                 Ok(Some(msg)) => match command::parse(msg.msg_type, msg.payload) {
                     Err(e) => return Some(Progress::Unknown(e.reason())),
-                    Ok(cmd) => {
-                        if let Some(done) = self.on_command(cmd) {
+                    Ok(invoke) => {
+                        if let Some(done) = self.on_command(invoke, answers) {
                             return Some(done);
                         }
                     }
@@ -206,21 +277,30 @@ impl Session {
         (!over.is_empty()).then_some(Progress::Unknown("byte_limit"))
     }
 
-    fn on_command(&mut self, cmd: Command) -> Option<Progress> {
-        let (name, role) = match cmd {
-            Command::Connect { app, tc_url } => {
+    fn on_command(&mut self, invoke: Invoke, answers: &mut Answers<'_>) -> Option<Progress> {
+        let txid = invoke.txid;
+        let (name, role) = match invoke.command {
+            Command::Connect {
+                app,
+                tc_url,
+                object_encoding,
+            } => {
                 let Some(app) = app else {
                     return Some(Progress::Unknown("connect_without_app"));
                 };
                 self.connect = Some((app, tc_url));
-                return None;
+                return answers.connect(txid, object_encoding.unwrap_or(0.0));
             }
             Command::ReleaseStream(name) | Command::FcPublish(name) => {
                 if name.as_deref().is_some_and(|n| !n.is_empty()) {
                     self.announced = name;
                 }
-                return None;
+                return answers.result(txid, Value::Undefined, false);
             }
+            Command::CreateStream => {
+                return answers.result(txid, Value::Number(f64::from(STREAM_ID)), true);
+            }
+            Command::GetStreamLength => return answers.result(txid, Value::Number(0.0), false),
             Command::Publish { name, kind } => {
                 let kind = kind.unwrap_or_else(|| "live".to_owned());
                 let name = name.filter(|n| !n.is_empty()).or(self.announced.take());
@@ -241,6 +321,89 @@ impl Session {
             })),
             None => Some(Progress::Unknown("no_stream_name")),
         }
+    }
+}
+
+/// Writes the front's answers.
+struct Answers<'a> {
+    writer: &'a mut ChunkWriter,
+    answered: &'a mut Vec<Answered>,
+    out: &'a mut Vec<u8>,
+}
+
+impl Answers<'_> {
+    fn message(&mut self, csid: u32, msg_type: u8, msid: u32, payload: &[u8]) {
+        let header = Header {
+            csid,
+            timestamp: 0,
+            len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+            msg_type,
+            msid,
+        };
+        self.writer.message(&header, payload, self.out);
+    }
+
+    fn command(&mut self, csid: u32, msid: u32, values: &[Value]) {
+        let mut payload = Vec::new();
+        amf0::encode(values, &mut payload);
+        self.message(csid, chunk::MSG_COMMAND_AMF0, msid, &payload);
+    }
+
+    /// As nginx-rtmp answers: window, peer bandwidth, then `_result`.
+    fn connect(&mut self, txid: f64, object_encoding: f64) -> Option<Progress> {
+        self.message(CSID_CONTROL, MSG_WINDOW_ACK_SIZE, 0, &WINDOW.to_be_bytes());
+        let mut bandwidth = WINDOW.to_be_bytes().to_vec();
+        // Limit type 2, dynamic.
+        bandwidth.push(2);
+        self.message(CSID_CONTROL, MSG_SET_PEER_BANDWIDTH, 0, &bandwidth);
+        let text = |s: &str| Value::String(s.to_owned());
+        let properties = Value::Object(vec![
+            ("fmsVer".into(), text("FMS/3,0,1,123")),
+            ("capabilities".into(), Value::Number(31.0)),
+        ]);
+        let info = Value::Object(vec![
+            ("level".into(), text("status")),
+            ("code".into(), text("NetConnection.Connect.Success")),
+            ("description".into(), text("Connection succeeded.")),
+            ("objectEncoding".into(), Value::Number(object_encoding)),
+        ]);
+        self.answer(txid, properties, info, false)
+    }
+
+    /// `_result(txid, null, value)`; nothing for transaction id 0, which
+    /// asks for no answer.
+    fn result(&mut self, txid: f64, value: Value, gave_stream: bool) -> Option<Progress> {
+        self.answer(txid, Value::Null, value, gave_stream)
+    }
+
+    fn answer(
+        &mut self,
+        txid: f64,
+        object: Value,
+        value: Value,
+        gave_stream: bool,
+    ) -> Option<Progress> {
+        if txid == 0.0 {
+            return None;
+        }
+        if self.answered.len() >= MAX_ANSWERED {
+            return Some(Progress::Unknown("too_many_commands"));
+        }
+        self.answered.push(Answered { txid, gave_stream });
+        let name = Value::String("_result".into());
+        self.command(CSID_COMMAND, 0, &[name, Value::Number(txid), object, value]);
+        None
+    }
+
+    fn status(&mut self, level: &str, code: &str, description: &str) {
+        let text = |s: &str| Value::String(s.to_owned());
+        let info = Value::Object(vec![
+            ("level".into(), text(level)),
+            ("code".into(), text(code)),
+            ("description".into(), text(description)),
+        ]);
+        let values = [text("onStatus"), Value::Number(0.0), Value::Null, info];
+        self.command(CSID_STATUS, STREAM_ID, &values);
     }
 }
 
@@ -265,19 +428,19 @@ mod tests {
     }
 
     fn feed_whole(bytes: &[u8]) -> Progress {
-        Observer::new().feed(bytes).clone()
+        Front::new().feed(bytes, &mut Vec::new()).clone()
     }
 
     /// Feeds in the given piece sizes (cycled), checking that a final
     /// result never changes afterwards.
     fn feed_split(bytes: &[u8], mut sizes: impl FnMut() -> usize) -> Progress {
-        let mut obs = Observer::new();
+        let mut obs = Front::new();
         let mut rest = bytes;
         let mut first_final: Option<Progress> = None;
         while !rest.is_empty() {
             let (piece, tail) = rest.split_at(sizes().clamp(1, rest.len()));
             rest = tail;
-            let p = obs.feed(piece).clone();
+            let p = obs.feed(piece, &mut Vec::new()).clone();
             if let Some(f) = &first_final {
                 assert_eq!(&p, f);
             } else if p != Progress::NeedMore {
@@ -504,10 +667,12 @@ mod tests {
 
     #[test]
     fn final_result_ignores_more_input() {
-        let mut obs = Observer::new();
-        let first = obs.feed(&PUBLISH[C0C1_LEN..]).clone();
+        let mut obs = Front::new();
+        let first = obs.feed(&PUBLISH[C0C1_LEN..], &mut Vec::new()).clone();
         assert!(matches!(first, Progress::Found(_)));
-        assert_eq!(obs.feed(b"\xff garbage"), &first);
+        let mut more = Vec::new();
+        assert_eq!(obs.feed(b"\xff garbage", &mut more), &first);
+        assert!(more.is_empty());
     }
 
     #[test]

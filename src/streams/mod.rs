@@ -346,7 +346,7 @@ impl Inner {
 }
 
 /// The app without its `?query`.
-fn app_name(app: &str) -> &str {
+pub(crate) fn app_name(app: &str) -> &str {
     app.split_once('?').map_or(app, |(name, _)| name)
 }
 

@@ -377,6 +377,9 @@ pub enum Mode {
     /// Reads everything, hashing it, while sending `n` pseudo-random bytes
     /// seeded by `seed`; then reports the hash of what it read.
     Exchange { n: usize, seed: u64 },
+    /// An RTMP server as far as the proxy's front needs one: answers the
+    /// handshake, starts the first publish it is sent, then reads on.
+    Rtmp,
 }
 
 /// Counters a backend keeps about its own connections.
@@ -495,6 +498,18 @@ async fn serve(
             stats.hashes.lock().unwrap().push(hash?);
             Ok(())
         }
+        Mode::Rtmp => {
+            let mut hello = vec![0u8; RTMP_C0C1_LEN];
+            sock.read_exact(&mut hello).await?;
+            sock.write_all(&rtmp_proxy::rtmp::handshake::answer(&hello))
+                .await?;
+            if read_until(sock, b"publish").await {
+                sock.write_all(&on_status("NetStream.Publish.Start"))
+                    .await?;
+                tokio::io::copy(sock, &mut tokio::io::sink()).await?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -610,4 +625,76 @@ pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
         tokio::time::timeout(limit, s.read(&mut b)).await,
         Ok(Ok(0)) | Ok(Err(_))
     )
+}
+
+/// C0+C1.
+pub const RTMP_C0C1_LEN: usize = 1537;
+
+/// What ffmpeg sends to publish "testkey123" to app "stream", up to and
+/// including the publish command.
+pub const FFMPEG_PUBLISH: &[u8] = include_bytes!("../../src/rtmp/testdata/ffmpeg_publish.bin");
+pub const PUBLISH_END: usize = RTMP_C0C1_LEN + 1536 + 348;
+
+/// An `onStatus` message, as a media server sends it.
+pub fn on_status(code: &str) -> Vec<u8> {
+    use rtmp_proxy::rtmp::amf0::{encode, Value};
+    use rtmp_proxy::rtmp::rechunk::{ChunkWriter, Header};
+    let text = |s: &str| Value::String(s.into());
+    let info = Value::Object(vec![
+        ("level".into(), text("status")),
+        ("code".into(), text(code)),
+    ]);
+    let mut payload = Vec::new();
+    encode(
+        &[text("onStatus"), Value::Number(0.0), Value::Null, info],
+        &mut payload,
+    );
+    let header = Header {
+        csid: 5,
+        timestamp: 0,
+        len: payload.len() as u32,
+        msg_type: 20,
+        msid: 1,
+    };
+    let mut out = Vec::new();
+    ChunkWriter::default().message(&header, &payload, &mut out);
+    out
+}
+
+/// Reads until `needle` arrives; false on a close or after 10 s.
+pub async fn read_until(sock: &mut TcpStream, needle: &[u8]) -> bool {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let found = async {
+        loop {
+            if got.windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+            match sock.read(&mut chunk).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                _ => return got.windows(needle.len()).any(|w| w == needle),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), found)
+        .await
+        .unwrap_or(false)
+}
+
+/// Publishes through the proxy with ffmpeg's recorded bytes; true once
+/// the proxy passed on the server's Publish.Start.
+pub async fn publish_recorded(client: &mut TcpStream) -> bool {
+    client
+        .write_all(&FFMPEG_PUBLISH[..RTMP_C0C1_LEN])
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; RTMP_C0C1_LEN + 1536];
+    if client.read_exact(&mut answer).await.is_err() {
+        return false;
+    }
+    client
+        .write_all(&FFMPEG_PUBLISH[RTMP_C0C1_LEN..PUBLISH_END])
+        .await
+        .unwrap();
+    read_until(client, b"NetStream.Publish.Start").await
 }

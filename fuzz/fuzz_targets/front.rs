@@ -1,4 +1,4 @@
-//! Raw bytes after C0+C1 (C2 included, as the Observer sees them); the first
+//! Raw bytes after C0+C1 (C2 included, as the front reads them); the first
 //! byte picks the split sizes.
 #![no_main]
 

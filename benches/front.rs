@@ -1,34 +1,36 @@
-//! Criterion: the RTMP observer over a real ffmpeg publish (16 KiB captured
+//! Criterion: the RTMP front over a real ffmpeg publish (16 KiB captured
 //! from ffmpeg 5.1, `src/rtmp/testdata/ffmpeg_publish.bin`), fed whole and
-//! in the pieces a socket read would give. `cargo bench --bench observer`.
+//! in the pieces a socket read would give. `cargo bench --bench front`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rtmp_proxy::rtmp::{Observer, Progress, C0C1_LEN};
+use rtmp_proxy::rtmp::{Front, Progress, C0C1_LEN};
 
 const PUBLISH: &[u8] = include_bytes!("../src/rtmp/testdata/ffmpeg_publish.bin");
 
 fn feed_split(bytes: &[u8], piece: usize) -> bool {
-    let mut obs = Observer::new();
+    let mut obs = Front::new();
+    let mut reply = Vec::new();
     for chunk in bytes.chunks(piece) {
-        if !matches!(obs.feed(chunk), Progress::NeedMore) {
+        if !matches!(obs.feed(chunk, &mut reply), Progress::NeedMore) {
             break;
         }
     }
     matches!(obs.progress(), Progress::Found(_))
 }
 
-fn observer(c: &mut Criterion) {
-    // The observer starts after C0+C1 (the proxy vets those separately).
+fn front(c: &mut Criterion) {
+    // The front reads on after C0+C1 (the proxy vets those separately).
     let input = &PUBLISH[C0C1_LEN..];
     assert!(feed_split(input, input.len()), "the fixture must publish");
-    let mut g = c.benchmark_group("observer_publish");
+    let mut g = c.benchmark_group("front_publish");
     g.throughput(Throughput::Bytes(input.len() as u64));
     g.bench_function("whole", |b| {
         b.iter(|| {
-            let mut obs = Observer::new();
-            let found = matches!(obs.feed(black_box(input)), Progress::Found(_));
+            let mut obs = Front::new();
+            let mut reply = Vec::new();
+            let found = matches!(obs.feed(black_box(input), &mut reply), Progress::Found(_));
             black_box(found)
         })
     });
@@ -40,5 +42,5 @@ fn observer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, observer);
+criterion_group!(benches, front);
 criterion_main!(benches);
