@@ -1001,7 +1001,7 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
     w("```sh")
     w("benches/run            # full run, about 10 minutes; rewrites BENCHMARKS.md and benchmarks.png")
     w("benches/run --smoke    # a few seconds per figure: checks every peer starts and each figure is produced")
-    w("cargo bench            # Criterion micro-benchmarks (RTMP observer, slot selection)")
+    w("cargo bench            # Criterion micro-benchmarks (RTMP front, slot selection)")
     w("```")
     w("")
     w("`benches/run` installs what is missing (Debian's haproxy, nginx with libnginx-mod-stream, iperf3;")

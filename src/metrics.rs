@@ -31,8 +31,6 @@ pub struct Metrics {
     build_info: IntGaugeVec,
     /// `protocol: rtmp`: connections whose `publish` or `play` was seen.
     pub streams_identified: IntCounterVec,
-    /// `protocol: rtmp`: connections the observer could not follow.
-    pub streams_unknown: IntCounterVec,
     /// Health and admin connections closed by us or on an error, by
     /// listener and reason.
     pub http_closed: IntCounterVec,
@@ -129,12 +127,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "rtmp_proxy_streams_identified_total",
         "Proxied RTMP connections whose publish or play was seen, by role.",
         &["role"]
-    )
-    .expect("metric registration"),
-    streams_unknown: register_int_counter_vec!(
-        "rtmp_proxy_streams_unknown_total",
-        "Proxied connections the RTMP observer could not follow (proxied as plain TCP), by reason.",
-        &["reason"]
     )
     .expect("metric registration"),
     http_closed: register_int_counter_vec!(
