@@ -13,7 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::media::{probe, Nginx, Publisher};
+use common::media::{probe, Nginx, NodeMediaServer, Publisher};
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -785,4 +785,83 @@ async fn players_follow_their_stream_and_refusals_reach_the_encoder() {
     assert_eq!(proxy.metric(refused).await, 1.0);
     let not_found = r#"rtmp_proxy_connections_rejected_total{reason="stream_not_found"}"#;
     assert_eq!(proxy.metric(not_found).await, 1.0);
+}
+
+/// Acceptance 1 and 4 of the RTMP front: each publisher goes live through
+/// the proxy on nginx-rtmp, the directory lists it, and what it sends
+/// plays back through the proxy and decodes: with ffprobe, and recorded
+/// with rtmpdump (librtmp as a player) and then decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn librtmp_and_gstreamer_publishers_go_live_and_play_back() {
+    let server = Nginx::start(false).await;
+    let proxy = Proxy::start(&statics(&[server.yaml(3)])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let publishers = [("rtmpsink", "gstLibrtmp01"), ("rtmp2sink", "gstRtmp2Key01")];
+    let mut running = Vec::new();
+    for (sink, key) in publishers {
+        let mut p = Publisher::gstreamer(sink, &url(proxy.listen, key), dir.path(), sink);
+        let live = server.wait_publishing(key, Duration::from_secs(30)).await;
+        assert!(live, "{sink}: {}\n{}", p.log(), proxy.log_text());
+        assert!(p.running(), "{sink}: {}", p.log());
+        let (seen, said) = ffprobe(&url(proxy.listen, key)).await;
+        assert_eq!(seen, ["video"], "{sink}: {said}\n{}", proxy.log_text());
+        running.push(p);
+    }
+    let list = streams(&proxy).await;
+    let shown: Vec<_> = list
+        .iter()
+        .filter(|s| s["role"] == "publish")
+        .map(|s| s["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shown, ["gstL…", "gstR…"], "{list:#?}");
+
+    // rtmpdump (librtmp as a player) records the rtmp2sink stream through
+    // the proxy for 4 s, then is interrupted: it finishes the file on SIGINT.
+    let flv = dir.path().join("recorded.flv");
+    let mut rtmpdump = tokio::process::Command::new("rtmpdump")
+        .args(["-q", "-v", "-r", &url(proxy.listen, "gstRtmp2Key01"), "-o"])
+        .arg(&flv)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn rtmpdump (scripts/install-deps installs it)");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pid = rtmpdump.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status();
+    assert!(sent.unwrap().success());
+    let done = tokio::time::timeout(Duration::from_secs(20), rtmpdump.wait()).await;
+    assert!(done.is_ok(), "rtmpdump did not stop");
+    let (seen, said) = ffprobe(flv.to_str().unwrap()).await;
+    assert_eq!(seen, ["video"], "{said}\n{}", proxy.log_text());
+}
+
+/// Acceptance 1, the second server: ffmpeg publishes through the front to
+/// node-media-server, which sees the stream, and it plays back through the
+/// proxy and decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_media_server_takes_ffmpeg_through_the_front() {
+    let server = NodeMediaServer::start().await;
+    let proxy = Proxy::start(&format!(
+        "  health_check:\n    interval: 60s\n{}",
+        statics(&[server.yaml(2)])
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut publisher = Publisher::start(&url(proxy.listen, "nmsKey0001"), dir.path(), "nms");
+    let live = wait_until(Duration::from_secs(30), || {
+        server.publishing("stream", "nmsKey0001")
+    })
+    .await;
+    assert!(live, "{}\n{}", publisher.log(), proxy.log_text());
+    assert!(publisher.running(), "{}", publisher.log());
+    let (seen, said) = ffprobe(&url(proxy.listen, "nmsKey0001")).await;
+    assert_eq!(seen, ["video"], "{said}\n{}", proxy.log_text());
+    let list = streams(&proxy).await;
+    assert!(
+        list.iter()
+            .any(|s| s["key"] == "nms…" && s["role"] == "publish"),
+        "{list:#?}"
+    );
 }

@@ -197,6 +197,33 @@ impl Publisher {
         Publisher { child, log }
     }
 
+    /// GStreamer publishing a live test pattern (H.264 in FLV) with `sink`:
+    /// `rtmpsink` (librtmp, what OBS builds on) or `rtmp2sink`
+    /// (GStreamer's own RTMP client).
+    pub fn gstreamer(sink: &str, url: &str, log_dir: &Path, name: &str) -> Publisher {
+        let log = log_dir.join(format!("gst-{name}.log"));
+        let out = std::fs::File::create(&log).expect("gst log");
+        let location = match sink {
+            "rtmpsink" => format!("location={url} live=1"),
+            _ => format!("location={url}"),
+        };
+        let pipeline =
+            "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=25/1 \
+             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 ! h264parse \
+             ! flvmux streamable=true !";
+        // librtmp's options follow the URL in the same property.
+        let child = Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(pipeline.split_whitespace())
+            .args([sink, &location])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn gst-launch-1.0 (scripts/install-deps installs it)");
+        Publisher { child, log }
+    }
+
     /// Still running (it only stops on its own after an error).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -231,5 +258,80 @@ pub async fn probe(url: &str, limit: Duration) -> Vec<String> {
             .filter(|l| !l.is_empty())
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// node-media-server (from npm, `scripts/install-deps` puts it in
+/// `.nms/`): a second RTMP server, written independently of nginx-rtmp.
+pub struct NodeMediaServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub rtmp: SocketAddr,
+    http: SocketAddr,
+}
+
+impl NodeMediaServer {
+    /// Starts one and waits until its HTTP API answers.
+    pub async fn start() -> NodeMediaServer {
+        let dir = tempfile::tempdir().expect("nms dir");
+        let module =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".nms/node_modules/node-media-server");
+        let script = dir.path().join("nms.js");
+        std::fs::write(
+            &script,
+            format!(
+                "const NodeMediaServer = require({module:?});\n\
+                 const [rtmp, http] = process.argv.slice(2).map(Number);\n\
+                 new NodeMediaServer({{ logType: 1,\n\
+                 rtmp: {{ port: rtmp, chunk_size: 60000, gop_cache: true, ping: 30, ping_timeout: 60 }},\n\
+                 http: {{ port: http, allow_origin: '*' }} }}).run();\n"
+            ),
+        )
+        .expect("write nms.js");
+        let (rtmp_port, http_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("nms.log")).expect("nms log");
+        let child = Command::new("node")
+            .arg(&script)
+            .args([rtmp_port.to_string(), http_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("nms log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn node (scripts/install-deps installs node-media-server)");
+        let nms = NodeMediaServer {
+            child,
+            _dir: dir,
+            rtmp: format!("127.0.0.1:{rtmp_port}").parse().unwrap(),
+            http: format!("127.0.0.1:{http_port}").parse().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get_blocking(nms.http, "/api/streams").is_err() {
+            assert!(Instant::now() < deadline, "node-media-server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        nms
+    }
+
+    /// Whether `app`/`key` has a publisher, as the server's API says.
+    pub fn publishing(&self, app: &str, key: &str) -> bool {
+        let Ok((200, body)) = http_get_blocking(self.http, "/api/streams") else {
+            return false;
+        };
+        let streams: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        !streams[app][key]["publisher"].is_null()
+    }
+
+    pub fn yaml(&self, max: usize) -> String {
+        format!(
+            "      - addr: \"{}\"\n        max_connections: {max}\n",
+            self.rtmp
+        )
+    }
+}
+
+impl Drop for NodeMediaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
