@@ -23,11 +23,12 @@
 //! - [`lifecycle`]: signals, drains that never cut a live stream, and the
 //!   slot handoff of a binary upgrade ([`lifecycle::handoff`]).
 //! - [`proxy`]: one client connection from accept to close, as phases in
-//!   one file: gate, admit, connect, splice, finish; [`proxy::backend`] opens backend
-//!   connections and says how they failed; [`proxy::duplex`] copies;
-//!   [`proxy::listener`] accepts, one socket and runtime per thread;
-//!   [`proxy::rtmp`] holds the RTMP handshake gate, the backend's
-//!   first-answer check, PROXY headers and the passive stream observer.
+//!   one file: front, admit (or route, for a player), connect, splice,
+//!   finish; [`proxy::backend`] opens backend connections and says how
+//!   they failed; [`proxy::duplex`] copies; [`proxy::listener`] accepts,
+//!   one socket and runtime per thread; [`proxy::rtmp`] runs the RTMP
+//!   front on a socket, the opening towards a media server and PROXY
+//!   headers.
 //! - [`reason`]: every way a client connection ends, one name each (the
 //!   metric label and the access log's `reason`).
 //! - [`streams`]: the stream directory (which stream runs on which
@@ -35,9 +36,12 @@
 //!   ([`streams::shared`]), and carried over an upgrade.
 //! - [`access_log`]: one JSON line per connection, progress lines, recent
 //!   rejections.
-//! - [`rtmp`]: a passive, bounded RTMP observer: bytes become chunks
-//!   (`rtmp::chunk`, no meaning), chunks become AMF0 values (`rtmp::amf0`),
-//!   values become commands (`rtmp::command`, meaning).
+//! - [`rtmp`]: RTMP without I/O, bounded and fuzzed: handshakes
+//!   (`rtmp::handshake`), bytes become chunks (`rtmp::chunk`, no meaning)
+//!   and chunks are written again (`rtmp::rechunk`), chunks become AMF0
+//!   values (`rtmp::amf0`), values become commands (`rtmp::command`,
+//!   meaning); the front's state (`rtmp::Front`) and the judge of a
+//!   server's answers (`rtmp::upstream`).
 //! - [`http`]: the public health endpoint and the private admin API with
 //!   the stats page (`stats.html`), on a small hyper server of our own
 //!   (`http::server`: header deadline, connection caps, quiet logs).

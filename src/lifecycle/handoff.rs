@@ -57,7 +57,8 @@ const CLIENT: u8 = b'C';
 const STREAM: u8 = b'S';
 const STREAM_END: u8 = b'E';
 
-/// Largest datagram: a client message carries up to 64 KiB already read.
+/// Largest datagram: a client message carries what the front read (at
+/// most its handshake and 64 KiB of commands, `proxy::rtmp`).
 const MAX_MESSAGE: usize = 80 * 1024;
 
 /// How often the old process sends its streams' counters, so that the new

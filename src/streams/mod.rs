@@ -2,9 +2,9 @@
 //! `GET /streams` and `GET /streams/{app}/{key}` on the admin listener.
 //!
 //! Every proxied connection in `protocol: rtmp` mode has an entry from the
-//! moment it reaches a backend until it ends. The passive observer
-//! (`proxy::rtmp`) fills in app, key and role once it has seen the client's
-//! `publish` or `play`, or marks the entry unknown when it cannot tell.
+//! moment it reaches a backend until it ends, with the app, key and role
+//! the RTMP front read before it picked the backend. (`identifying` and
+//! `unknown` entries come only from an older process of an upgrade.)
 //!
 //! Stream keys are secrets: listings show them only through
 //! [`rtmp::redact`], and a lookup needs the caller to know the full key
@@ -400,7 +400,7 @@ pub(crate) fn display_app(app: &str) -> String {
     }
 }
 
-/// Updates one entry; held by the observer's tap while the connection runs.
+/// Updates one entry.
 #[derive(Clone)]
 pub struct Handle {
     dir: Arc<Directory>,
