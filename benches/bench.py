@@ -7,8 +7,8 @@ port, in front of the same backends (for connections/s and latency, each
 in front of an echo backend of its own); every load is bounded in time; every
 process started here is stopped here (by its own id), whatever happens.
 
-Figures, each for direct (no proxy), rtmp-proxy, HAProxy (tcp), HAProxy
-with `option splice-auto`, and nginx `stream`:
+Figures, each for direct (no proxy), rtmp-proxy (`protocol: tcp`), HAProxy
+(tcp), HAProxy with `option splice-auto`, and nginx `stream`:
 
   tput1 / tput8   iperf3 throughput, 1 and 8 streams (Gbit/s)
   cps             closed-loop new connections per second (connect, 64-byte
@@ -19,6 +19,17 @@ with `option splice-auto`, and nginx `stream`:
                   seconds and peak RSS
   idle            RSS growth per idle proxied connection (5,000; second
                   round = steady state, first round = from a fresh process)
+  setup           RTMP publish setup time, TCP connect to
+                  NetStream.Publish.Start (median, p90), each target in front
+                  of a `loadgen rtmp-sink`, and what a proxy adds to direct
+
+Target rtmp-proxy-rtmp is rtmp-proxy with `protocol: rtmp` (the RTMP front) in
+front of `loadgen rtmp-sink` backends. It takes part in `ingest` (publishers
+do an RTMP publish first: `loadgen ingest --rtmp`), `setup`, and in `cps` as
+a second round in which a connection is an RTMP publish (`loadgen cps
+--rtmp`: handshake and commands up to NetStream.Publish.Start, close) for
+every target, each in front of an rtmp-sink of its own (figure cps_rtmp).
+The other figures (tput, lat, idle, burst) proxy raw bytes and skip it.
 
 Results are ratios to HAProxy measured in the same run: the machine is
 shared and absolute figures drift. For throughput, connections/s and
@@ -48,17 +59,20 @@ PROXY_BIN = os.path.join(TARGET_DIR, "release", "rtmp-proxy")
 LOADGEN_BIN = os.path.join(TARGET_DIR, "release", "loadgen")
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
-PROXIES = ["rtmp-proxy", "haproxy", "haproxy-splice", "nginx"]
+PROXIES = ["rtmp-proxy", "rtmp-proxy-rtmp", "haproxy", "haproxy-splice", "nginx"]
 ALL_TARGETS = ["direct"] + PROXIES
+# Targets that need RTMP clients and backends: only in ingest, setup and cps_rtmp.
+RTMP_ONLY = {"rtmp-proxy-rtmp"}
 LABEL = {
     "direct": "direct",
     "rtmp-proxy-base": "rtmp-proxy (baseline build)",
     "rtmp-proxy": "rtmp-proxy",
+    "rtmp-proxy-rtmp": "rtmp-proxy, protocol: rtmp",
     "haproxy": "HAProxy",
     "haproxy-splice": "HAProxy splice",
     "nginx": "nginx",
 }
-FIGURES = ["tput", "cps", "lat", "ingest", "idle", "burst"]
+FIGURES = ["tput", "cps", "lat", "ingest", "idle", "burst", "setup"]
 
 FULL = dict(
     tput_iters=5,
@@ -71,6 +85,8 @@ FULL = dict(
     idle_conns=5000,
     burst_conns=1000,
     burst_settle=60,
+    setup_count=200,
+    setup_warmup=10,
     deadline=20 * 60,
 )
 SMOKE = dict(
@@ -84,11 +100,18 @@ SMOKE = dict(
     burst_settle=2,
     ingest_seconds=2,
     idle_conns=200,
+    setup_count=20,
+    setup_warmup=2,
     deadline=4 * 60,
 )
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def raw_targets(targets):
+    """The targets of the figures that proxy raw bytes (not RTMP)."""
+    return [t for t in targets if t not in RTMP_ONLY]
 
 
 def log(msg):
@@ -244,7 +267,7 @@ class Bench:
         self.procs = Procs(self.workdir, time.monotonic() + cfg["deadline"])
         # Backends keep their ports; every proxy start takes fresh ones
         # (a stopped peer's port can stay busy with closing connections).
-        self.port = {"echo": self.base + 1, "sink": self.base + 2, "iperf": self.base + 3}
+        self.port = {"echo": self.base + 1, "sink": self.base + 2, "iperf": self.base + 3, "rtmp-sink": self.base + 4}
         self.next_port = self.base + 10
         # Descriptors: each proxied connection takes two in the proxy.
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -303,7 +326,11 @@ class Bench:
         os.makedirs(d, exist_ok=True)
         if target.startswith("rtmp-proxy"):
             conf = os.path.join(d, "rtmp-proxy.yaml")
-            protocol = "  protocol: tcp\n" if self.proxy_config_has_protocol() else ""
+            if target == "rtmp-proxy-rtmp":
+                # The RTMP front; generous for a thousand publishers at once.
+                protocol = "  protocol: rtmp\n  handshake_timeout: 60s\n"
+            else:
+                protocol = "  protocol: tcp\n" if self.proxy_config_has_protocol() else ""
             with open(conf, "w") as f:
                 f.write(
                     f"""version: 1
@@ -329,7 +356,9 @@ proxy:
 """
                 )
             env = dict(os.environ)
-            env.setdefault("RUST_LOG", "info,pingora_load_balancing=error")
+            # rtmp mode logs one info line per publish (rtmp_proxy::proxy::rtmp):
+            # quiet, like the access log and the peers' logs.
+            env.setdefault("RUST_LOG", "info,pingora_load_balancing=error,rtmp_proxy::proxy::rtmp=warn")
             binary = self.args.baseline_bin if target == "rtmp-proxy-base" else PROXY_BIN
             p = self.procs.start(target, [binary, "-c", conf], env=env)
             wait_listen(port, p)
@@ -467,6 +496,7 @@ stream {{
             self.stop_proxy(t, p)
 
     def phase_tput(self, targets):
+        targets = raw_targets(targets)
         srv = self.start_backend("iperf")
         started = self.start_all(targets, self.port["iperf"])
         try:
@@ -483,6 +513,15 @@ stream {{
             self.procs.stop(srv)
 
     def phase_cps_lat(self, targets, figures):
+        raw = raw_targets(targets)
+        if raw:
+            self.cps_lat_raw(raw, figures)
+        # A second round, RTMP publishes, for every target: only with the
+        # rtmp-mode target to compare.
+        if "cps" in figures and any(t in RTMP_ONLY for t in targets):
+            self.phase_cps_rtmp(targets)
+
+    def cps_lat_raw(self, targets, figures):
         # An echo backend of its own for each target. Through one shared
         # backend address every target's backend connections share one
         # TIME_WAIT space, and a connect's port search cost what the target
@@ -543,15 +582,28 @@ stream {{
 
     def phase_ingest(self, targets):
         c = self.cfg
-        for t in [x for x in targets if x != "direct"]:
-            srv = self.start_backend("sink")
-            p, port = self.start_proxy(t, self.port["sink"])
+        order = [x for x in targets if x != "direct"]
+        # More rounds (--ingest-rounds): each in the reverse order of the one
+        # before, so no target always runs after the same neighbour.
+        for rnd in range(c["ingest_rounds"]):
+            self.ingest_round(order if rnd % 2 == 0 else order[::-1])
+
+    def ingest_round(self, targets):
+        c = self.cfg
+        for t in targets:
+            # rtmp mode: an RTMP media server behind, and publishers that
+            # publish first (before START, so outside the CPU window).
+            rtmp = t in RTMP_ONLY
+            kind = "rtmp-sink" if rtmp else "sink"
+            srv = self.start_backend(kind)
+            p, port = self.start_proxy(t, self.port[kind])
             gen = None
             try:
                 gen = self.procs.start(
                     f"ingest-{t}",
                     [LOADGEN_BIN, "--threads", "2", "ingest", "--target", f"127.0.0.1:{port}",
-                     "--conns", str(c["ingest_conns"]), "--mbps", "2", "--seconds", str(c["ingest_seconds"])],
+                     "--conns", str(c["ingest_conns"]), "--mbps", "2", "--seconds", str(c["ingest_seconds"])]
+                    + (["--rtmp"] if rtmp else []),
                     stdout=subprocess.PIPE,
                 )
                 line = read_line(gen, 60)
@@ -586,7 +638,7 @@ stream {{
 
     def phase_idle(self, targets):
         n = self.cfg["idle_conns"]
-        for t in [x for x in targets if x != "direct"]:
+        for t in [x for x in raw_targets(targets) if x != "direct"]:
             srv = self.start_backend("echo")
             p, port = self.start_proxy(t, self.port["echo"])
             gen = None
@@ -635,7 +687,7 @@ stream {{
         clients holding half a request on the health port. Two rounds: memory
         an allocator keeps from the first must not grow in the second."""
         n, settle = self.cfg["burst_conns"], self.cfg["burst_settle"]
-        for t in [x for x in targets if x.startswith("rtmp-proxy")]:
+        for t in [x for x in raw_targets(targets) if x.startswith("rtmp-proxy")]:
             srv = self.start_backend("echo")
             p, port = self.start_proxy(t, self.port["echo"], max_connections=1)
             held = []
@@ -674,6 +726,90 @@ stream {{
                 for s in held:
                     s.close()
                 self.stop_proxy(t, p)
+                self.procs.stop(srv)
+
+
+    def sinks_for(self, targets, first_port):
+        """An rtmp-sink of its own for each target (as the echo backends of
+        cps: no target pays for another's TIME_WAIT); every target started."""
+        ports = {t: first_port + k for k, t in enumerate(targets)}
+        srvs = []
+        try:
+            for t in targets:
+                srvs.append(self.start_backend("rtmp-sink", ports[t]))
+            started = self.start_all(targets, ports)
+        except Exception:
+            for srv in srvs:
+                self.procs.stop(srv)
+            raise
+        return srvs, started
+
+    def phase_cps_rtmp(self, targets):
+        """Connections/s where a connection is an RTMP publish: connect, ffmpeg's
+        handshake and commands, NetStream.Publish.Start, close."""
+        srvs, started = self.sinks_for(targets, self.base + 3110)
+        addr = {t: f"127.0.0.1:{port}" for t, (_, port) in started.items()}
+        args = [a for t in targets for a in ("--target", addr[t])]
+        try:
+            time.sleep(0.5)
+            secs = self.cfg["cps_seconds"]
+            out = self.run_json(
+                "cps --rtmp",
+                [LOADGEN_BIN, "--threads", "2", "cps", "--rtmp", *args,
+                 "--concurrency", str(self.cfg["cps_concurrency"]), "--seconds", str(secs), "--slice-ms", "100"],
+                secs * len(targets) + 60,
+            )
+            if out:
+                if out.get("first_error"):
+                    self.notes.append(f"cps --rtmp: first failed connection: {out['first_error']}")
+                for t in targets:
+                    r = out["targets"][addr[t]]
+                    log(f"cps_rtmp {t}: {r['cps']:.0f}/s ({r['errors']} errors, {r['seconds']:.1f} s)")
+                    if r["errors"]:
+                        self.notes.append(f"cps --rtmp {t}: {r['errors']} failed connections")
+                    self.add(t, "cps_rtmp", r["cps"])
+        finally:
+            self.stop_all(started)
+            for srv in srvs:
+                self.procs.stop(srv)
+
+    def phase_setup(self, targets):
+        """Publish setup time, TCP connect to NetStream.Publish.Start, one
+        publish at a time, one to each target in turn."""
+        c = self.cfg
+        srvs, started = self.sinks_for(targets, self.base + 3120)
+        addr = {t: f"127.0.0.1:{port}" for t, (_, port) in started.items()}
+        args = [a for t in targets for a in ("--target", addr[t])]
+        secs = 60 + (c["setup_count"] + c["setup_warmup"]) * len(targets) // 20
+        try:
+            time.sleep(0.5)
+            out = self.run_json(
+                "setup",
+                [LOADGEN_BIN, "--threads", "1", "setup", *args, "--count", str(c["setup_count"]),
+                 "--warmup", str(c["setup_warmup"]), "--seconds", str(secs)],
+                secs + 30,
+            )
+            if out:
+                direct = out["targets"].get(addr.get("direct", ""))
+                for t in targets:
+                    r = out["targets"][addr[t]]
+                    if r["failures"]:
+                        self.notes.append(f"setup {t}: {r['failures']} failed publishes; first: {r['first_error']}")
+                    if r["median_us"] is None:
+                        log(f"setup {t}: no publish completed ({r['first_error']})")
+                        continue
+                    log(f"setup {t}: median {r['median_us'] / 1000:.3f} ms, p90 {r['p90_us'] / 1000:.3f} ms, "
+                        f"TCP connect median {r['connect_median_us'] / 1000:.3f} ms (n={r['n']}, "
+                        f"{r['failures']} failures)")
+                    self.add(t, "setup_p50", r["median_us"] / 1000)
+                    self.add(t, "setup_p90", r["p90_us"] / 1000)
+                    self.add(t, "setup_connect", r["connect_median_us"] / 1000)
+                    if direct and direct["median_us"] is not None and t != "direct":
+                        self.add(t, "setup_add_p50", (r["median_us"] - direct["median_us"]) / 1000)
+                        self.add(t, "setup_add_p90", (r["p90_us"] - direct["p90_us"]) / 1000)
+        finally:
+            self.stop_all(started)
+            for srv in srvs:
                 self.procs.stop(srv)
 
 
@@ -764,6 +900,8 @@ ROWS = [
     ("tput1", "Throughput, 1 stream (iperf3)", "Gbit/s", True, "{:.2f}"),
     ("tput8", "Throughput, 8 streams (iperf3)", "Gbit/s", True, "{:.2f}"),
     ("cps", "New connections per second (connect, 64 B echo, close)", "conn/s", True, "{:.0f}"),
+    ("cps_rtmp", "New connections per second as RTMP publishes (connect, handshake, commands to "
+     "Publish.Start, close)", "conn/s", True, "{:.0f}"),
     ("lat_p50", "Round trip p50, 64 B ping-pong", "µs", False, "{:.1f}"),
     ("lat_p99", "Round trip p99, 64 B ping-pong", "µs", False, "{:.1f}"),
     ("add_p50", "Added latency p50 (proxy − direct)", "µs", False, "{:.1f}"),
@@ -780,7 +918,15 @@ ROWS = [
     ("burst_after1", "Burst 1: RSS {burst_settle} s after it ended", "MiB", False, "{:.1f}"),
     ("burst_during2", "Burst 2 (same again): RSS during", "MiB", False, "{:.1f}"),
     ("burst_after2", "Burst 2: RSS {burst_settle} s after it ended", "MiB", False, "{:.1f}"),
+    ("setup_p50", "Publish setup, TCP connect to NetStream.Publish.Start, median", "ms", False, "{:.3f}"),
+    ("setup_p90", "Publish setup, TCP connect to NetStream.Publish.Start, p90", "ms", False, "{:.3f}"),
+    ("setup_add_p50", "Added publish setup median (target − direct)", "ms", False, "{:.3f}"),
+    ("setup_add_p90", "Added publish setup p90 (target − direct)", "ms", False, "{:.3f}"),
 ]
+# Rows that differ from direct: direct's cell is 0.
+ADDED = ("add_p50", "add_p99", "setup_add_p50", "setup_add_p90")
+# Absolute figures left out of the chart (their difference to direct is in it, or the table).
+NOT_CHARTED = ("lat_p50", "lat_p99", "setup_p50", "setup_p90", "setup_add_p50", "setup_add_p90")
 
 
 def summarize(bench):
@@ -792,7 +938,7 @@ def ratio(med, t, fig):
     a, b = med.get((t, fig)), med.get(("haproxy", fig))
     if a is None or b is None or b == 0:
         return None
-    if fig.startswith("add_") and b <= 0:
+    if fig in ADDED and b <= 0:
         return None
     return a / b
 
@@ -821,7 +967,30 @@ def targets_check(med):
         out.append((f"ingest {name} ≤ HAProxy's", fmt_ratio(v), v is not None and v <= 1.0))
     v = med.get(("rtmp-proxy", "idle_kib"))
     out.append(("idle connection ≤ 16 KiB RSS", "n/a" if v is None else f"{v:.1f} KiB", v is not None and v <= 16))
+    added, allowed, p90 = setup_allowance(med)
+    out.append(("publish setup, protocol: rtmp, adds ≤ one round trip to the media server + 2 ms (median)",
+                "n/a" if added is None or allowed is None
+                else f"{added:+.3f} ms (p90 {p90:+.3f} ms); allowed {allowed:.3f} ms",
+                added is not None and allowed is not None and added <= allowed))
+    v = rtmp_vs_tcp(med, "ingest_cpu")
+    out.append(("ingest CPU, protocol: rtmp ≤ 1.05× protocol: tcp", fmt_ratio(v), v is not None and v <= 1.05))
     return out
+
+
+def setup_allowance(med):
+    """Publish setup through rtmp-proxy in rtmp mode: (added median ms, allowed
+    ms, added p90 ms). Allowed: one round trip to the media server (the median
+    TCP connect straight to the rtmp-sink, SYN to SYN-ACK) + 2 ms."""
+    added = med.get(("rtmp-proxy-rtmp", "setup_add_p50"))
+    p90 = med.get(("rtmp-proxy-rtmp", "setup_add_p90"))
+    rtt = med.get(("direct", "setup_connect"))
+    return added, None if rtt is None else rtt + 2.0, p90
+
+
+def rtmp_vs_tcp(med, fig):
+    """rtmp-proxy in rtmp mode / in tcp mode, same run."""
+    a, b = med.get(("rtmp-proxy-rtmp", fig)), med.get(("rtmp-proxy", fig))
+    return None if a is None or b is None or b == 0 else a / b
 
 
 def fmt_ratio(v):
@@ -847,13 +1016,18 @@ def chart(med, path):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    peers = [t for t in ("rtmp-proxy-base", "rtmp-proxy", "haproxy-splice", "nginx") if any(k[0] == t for k in med)]
-    colors = {"rtmp-proxy-base": "#ffa94d", "rtmp-proxy": "#d9480f", "haproxy-splice": "#5c7cfa", "nginx": "#2b8a3e"}
+    peers = [t for t in ("rtmp-proxy-base", "rtmp-proxy", "rtmp-proxy-rtmp", "haproxy-splice", "nginx")
+             if any(k[0] == t for k in med)]
+    colors = {"rtmp-proxy-base": "#ffa94d", "rtmp-proxy": "#d9480f", "rtmp-proxy-rtmp": "#862e9c",
+              "haproxy-splice": "#5c7cfa", "nginx": "#2b8a3e"}
     groups = [
-        ("higher is better", [r for r in ROWS if r[3]]),
-        ("lower is better", [r for r in ROWS if not r[3] and r[0] not in ("lat_p50", "lat_p99")]),
+        ("higher is better", [r for r in ROWS if r[3] and r[0] not in NOT_CHARTED]),
+        ("lower is better", [r for r in ROWS if not r[3] and r[0] not in NOT_CHARTED]),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 5]})
+    # Rows no peer has a ratio for (burst: rtmp-proxy only) would be empty.
+    groups = [(title, [r for r in rows if any(ratio(med, t, r[0]) is not None for t in peers)])
+              for title, rows in groups]
     for ax, (title, rows) in zip(axes, groups):
         width = 0.8 / len(peers)
         for i, t in enumerate(peers):
@@ -884,6 +1058,7 @@ def short_name(fig):
         "tput1": "throughput\n1 stream",
         "tput8": "throughput\n8 streams",
         "cps": "conn/s",
+        "cps_rtmp": "conn/s\nRTMP publish",
         "add_p50": "added\nlatency p50",
         "add_p99": "added\nlatency p99",
         "ingest_cpu": "ingest\nCPU",
@@ -891,6 +1066,79 @@ def short_name(fig):
         "idle_kib": "idle conn RSS\n(2nd round)",
         "idle_first_kib": "idle conn RSS\n(1st round)",
     }.get(fig, fig)
+
+
+def write_rtmp_section(w, med, cols, cfg):
+    """The RTMP front: publish setup, ingest and connections/s, rtmp mode
+    against tcp mode and the peers."""
+    rt = "rtmp-proxy-rtmp"
+    has_setup = any((t, "setup_p50") in med for t in cols)
+    has_cps = any((t, "cps_rtmp") in med for t in cols)
+    has_ingest = (rt, "ingest_cpu") in med
+    if not (has_setup or has_cps or has_ingest):
+        return
+    w("### RTMP front (`protocol: rtmp`)")
+    w("")
+    w(f"Column \"{LABEL[rt]}\" is rtmp-proxy with its RTMP front in front of a minimal RTMP media")
+    w("server (`loadgen rtmp-sink`); column \"rtmp-proxy\" is the same binary with `protocol: tcp`.")
+    w("")
+    if has_setup:
+        d = med.get(("direct", "setup_p50"))
+        parts = []
+        for t in cols:
+            if (t, "setup_p50") not in med:
+                continue
+            text = f"{LABEL[t]} {med[(t, 'setup_p50')]:.3f} ms (p90 {med[(t, 'setup_p90')]:.3f})"
+            if (t, "setup_add_p50") in med:
+                text += f", {med[(t, 'setup_add_p50')]:+.3f} ms (p90 {med[(t, 'setup_add_p90')]:+.3f})"
+            parts.append(text)
+        w("**Publish setup** (TCP connect to `NetStream.Publish.Start`, median, and added to direct): "
+          + "; ".join(parts) + ".")
+        added, allowed, p90 = setup_allowance(med)
+        if added is not None and allowed is not None and d is not None:
+            w(f"In rtmp mode the proxy answers the client's handshake and commands itself and only after")
+            w("`publish` connects to the media server, does its own handshake there, replays the commands")
+            w("and waits for Publish.Start: the client's exchanges and the server's happen one after the")
+            w("other, where a tcp proxy pipes them. That adds "
+              f"{added:.3f} ms at the median (p90 {p90:.3f} ms) to direct's {d:.3f} ms; the")
+            w(f"allowance is one round trip to the media server ({allowed - 2.0:.3f} ms, the median TCP connect")
+            w(f"to it) + 2 ms = {allowed:.3f} ms: {'met' if added <= allowed else '**not met**'}.")
+        w("")
+    if has_ingest:
+        v = rtmp_vs_tcp(med, "ingest_cpu")
+        tcp = med.get(("rtmp-proxy", "ingest_cpu"))
+        text = (f"**Ingest** ({cfg['ingest_conns']:,} publishers × 2 Mbit/s, {cfg['ingest_seconds']} s): "
+                f"rtmp mode {med[(rt, 'ingest_cpu')]:.2f} CPU s")
+        if tcp is not None:
+            text += f", tcp mode {tcp:.2f} CPU s: rtmp / tcp = {fmt_ratio(v)} (target ≤ 1.05×)"
+        h = med.get(("haproxy", "ingest_cpu"))
+        if h:
+            text += f"; HAProxy {h:.2f} CPU s ({med[(rt, 'ingest_cpu')] / h:.2f}×)"
+        text += (f". Peak RSS {med[(rt, 'ingest_rss')]:.1f} MiB in rtmp mode"
+                 + (f", {med[('rtmp-proxy', 'ingest_rss')]:.1f} MiB in tcp mode" if ("rtmp-proxy", "ingest_rss") in med
+                    else "") + ".")
+        w(text)
+        w("Once a publisher has its Publish.Start, rtmp mode copies what it sends verbatim, as tcp mode")
+        w("does (what the server sends would be parsed and rewritten; the sink sends nothing more). The")
+        w("publishes themselves happen before the CPU window, so this is the cost of carrying the streams"
+          + (f"; median of {cfg['ingest_rounds']} rounds, in alternating order." if cfg["ingest_rounds"] > 1 else "."))
+        w("")
+    if has_cps:
+        parts = []
+        for t in cols:
+            if (t, "cps_rtmp") not in med:
+                continue
+            text = f"{LABEL[t]} {med[(t, 'cps_rtmp')]:.0f}/s"
+            r = ratio(med, t, "cps_rtmp")
+            if r is not None and t not in ("haproxy", "direct"):
+                text += f" ({r:.2f}× HAProxy)"
+            parts.append(text)
+        v = rtmp_vs_tcp(med, "cps_rtmp")
+        w("**Connections/s as RTMP publishes** (connect, handshake, commands to Publish.Start, close): "
+          + ", ".join(parts) + (f"; rtmp mode / tcp mode = {fmt_ratio(v)}" if v is not None else "") + ".")
+        w("Each such connection costs the proxy in rtmp mode a handshake and command answers of its own")
+        w("and a second handshake with the media server, where a tcp proxy only copies bytes.")
+        w("")
 
 
 def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load1):
@@ -934,13 +1182,14 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
             continue
         title = title.format(**cfg)
         w(f"| {title} | {unit} | {'higher' if higher else 'lower'} | "
-          + " | ".join(cell(med, t, fig, f) if not (t == "direct" and fig.startswith("add_")) else "0" for t in cols)
+          + " | ".join(cell(med, t, fig, f) if not (t == "direct" and fig in ADDED) else "0" for t in cols)
           + " |")
     if any((t, "ingest_mbps") in med for t in cols):
         w("")
         w(f"Ingest load actually carried (Mbit/s, of {2 * cfg['ingest_conns']:,} offered): "
           + ", ".join(f"{LABEL[t]} {med[(t, 'ingest_mbps')]:.0f}" for t in cols if (t, "ingest_mbps") in med) + ".")
     w("")
+    write_rtmp_section(w, med, cols, cfg)
     w(f"![ratios to HAProxy]({png_name})")
     w("")
     w("What the profiles showed and what was changed because of it: [benches/PROFILE.md](benches/PROFILE.md).")
@@ -983,13 +1232,33 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
     w("  connections; memory an allocator or pool keeps from the first round is not counted again.")
     w("  First round: (RSS with the first round open − RSS of the fresh process) / connections, the")
     w("  cost from cold. RSS is summed over the proxy's processes; kernel socket memory is in no one's RSS.")
+    w(f"- **Publish setup**: `loadgen setup`, {cfg['setup_count']} RTMP publishes per target after")
+    w(f"  {cfg['setup_warmup']} not counted, one at a time, one to each target in turn (5 ms apart), each")
+    w("  timed from the start of its TCP connect to the arrival of `NetStream.Publish.Start`, then")
+    w("  closed. The client replays what a real ffmpeg sent (`src/rtmp/testdata/ffmpeg_publish.bin`:")
+    w("  C0+C1; after S0+S1+S2, C2 and the commands up to `publish`, 348 bytes). Every target is in")
+    w("  front of a `loadgen rtmp-sink` of its own, a minimal media server: it answers the handshake")
+    w("  (S2 echoes C1), reads until `publish` and sends `onStatus` NetStream.Publish.Start; direct")
+    w("  is the client straight to it. The tcp-mode proxies pipe each exchange; in `protocol: rtmp`")
+    w("  rtmp-proxy answers the client's handshake and commands itself, connects to the media")
+    w("  server only after `publish`, then does its own handshake there, replays the commands and")
+    w("  waits for Publish.Start. Added = target − direct, median and p90 of the same run; one round")
+    w("  trip to the media server is the median TCP connect straight to the sink.")
+    w(f"- **Connections/s as RTMP publishes**: `loadgen cps --rtmp`, as connections/s above, but a")
+    w("  connection is the publish just described (to `NetStream.Publish.Start`), then close; every")
+    w("  target in front of an rtmp-sink of its own.")
+    w("- **Ingest, `protocol: rtmp`**: as ingest above, but every publisher first publishes (as in")
+    w("  publish setup; all before the CPU window opens) to an rtmp-sink through rtmp-proxy in rtmp")
+    w("  mode; then the same paced bytes, which rtmp mode copies to the server verbatim.")
     w(f"- **Burst**: rtmp-proxy only (the others have no queue or health port). One backend with")
     w(f"  `max_connections: 1`, taken by one client; then {cfg['burst_conns']:,} clients that each send 64 KiB and")
     w(f"  wait in the queue, and {cfg['burst_conns']:,} connections to the health port that each send half a")
     w(f"  request; all closed together, then RSS again {cfg['burst_settle']} s later. Twice in one process: memory")
     w("  kept after a burst is what a small container pays for good.")
     w("- Every peer is started fresh for each phase, on its own port, with 2 threads or workers:")
-    w("  rtmp-proxy `threads: 2`, `protocol: tcp`, `max_connections: 0`, `access_log: off`; HAProxy")
+    w("  rtmp-proxy `threads: 2`, `protocol: tcp` (`protocol: rtmp` and `handshake_timeout: 60s` for")
+    w("  the rtmp-mode column, whose one info line per publish is turned off with")
+    w("  `RUST_LOG=…,rtmp_proxy::proxy::rtmp=warn`), `max_connections: 0`, `access_log: off`; HAProxy")
     w("  `nbthread 2`, no logging, `timeout client/server 300s`; nginx `worker_processes 2`, no access")
     w("  log, `proxy_timeout 300s`: no peer writes a line per connection. Configs are written to the")
     w("  run's work directory. Each process runs in a session of its own; where the kernel's autogroup")
@@ -999,7 +1268,7 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
     w("## Reproduce")
     w("")
     w("```sh")
-    w("benches/run            # full run, about 10 minutes; rewrites BENCHMARKS.md and benchmarks.png")
+    w("benches/run            # full run, about 12 minutes; rewrites BENCHMARKS.md and benchmarks.png")
     w("benches/run --smoke    # a few seconds per figure: checks every peer starts and each figure is produced")
     w("cargo bench            # Criterion micro-benchmarks (RTMP front, slot selection)")
     w("```")
@@ -1022,6 +1291,9 @@ def main():
     ap.add_argument("--figures", default=",".join(FIGURES), help=f"subset of {','.join(FIGURES)}")
     ap.add_argument("--targets", default=",".join(ALL_TARGETS), help=f"subset of {','.join(ALL_TARGETS)}")
     ap.add_argument("--tput-iters", type=int, help="iperf3 runs per target and stream count (median taken)")
+    ap.add_argument("--ingest-rounds", type=int, default=1,
+                    help="ingest runs per target, in alternating order (median taken); more rounds steady the "
+                    "rtmp-vs-tcp CPU ratio at about 35 s per target and round")
     ap.add_argument("--baseline-bin", help="also measure this rtmp-proxy binary (e.g. a build before a change), "
                     "as target rtmp-proxy-base")
     ap.add_argument("--baseline-label", default="rtmp-proxy (baseline build)",
@@ -1035,6 +1307,7 @@ def main():
     cfg = dict(SMOKE if args.smoke else FULL)
     if args.tput_iters:
         cfg["tput_iters"] = args.tput_iters
+    cfg["ingest_rounds"] = max(1, args.ingest_rounds)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.workdir = args.workdir or os.path.join(TARGET_DIR, "bench", ("smoke-" if args.smoke else "") + stamp)
     out_md = args.out or (os.path.join(args.workdir, "BENCHMARKS.md") if args.smoke else os.path.join(ROOT, "BENCHMARKS.md"))
@@ -1094,6 +1367,8 @@ def main():
             bench.phase_idle(targets)
         if "burst" in figures:
             bench.phase_burst(targets)
+        if "setup" in figures:
+            bench.phase_setup(targets)
     except (Deadline, RuntimeError, KeyboardInterrupt) as e:
         failed = f"{type(e).__name__}: {e}"
         log(f"stopped: {failed}")
@@ -1125,7 +1400,10 @@ def main():
     if args.smoke or failed:
         want_figs = {"tput": ["tput1", "tput8"], "cps": ["cps"], "lat": ["lat_p50", "lat_p99"],
                      "ingest": ["ingest_cpu", "ingest_rss"], "idle": ["idle_kib"],
-                     "burst": ["burst_after2"]}
+                     "burst": ["burst_after2"], "setup": ["setup_p50", "setup_p90"]}
+        rtmp_run = any(t in RTMP_ONLY for t in targets)
+        if rtmp_run:
+            want_figs["cps"] = want_figs["cps"] + ["cps_rtmp"]
         missing = []
         for fg in figures:
             for key in want_figs[fg]:
@@ -1134,8 +1412,15 @@ def main():
                         continue
                     if fg == "burst" and not t.startswith("rtmp-proxy"):
                         continue
+                    # RTMP-only targets: ingest, setup and cps_rtmp.
+                    if t in RTMP_ONLY and fg not in ("ingest", "setup") and key != "cps_rtmp":
+                        continue
                     if (t, key) not in med:
                         missing.append(f"{t}/{key}")
+                if fg == "setup" and "direct" in targets:
+                    for t in targets:
+                        if t != "direct" and (t, "setup_add_p50") not in med:
+                            missing.append(f"{t}/setup_add_p50")
         not_started = [t for t in targets if t != "direct" and t not in bench.started_ok]
         if failed or missing or not_started:
             log(f"FAILED: {failed or ''} missing figures {missing}; peers not started {not_started}")

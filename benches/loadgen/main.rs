@@ -1,13 +1,27 @@
 //! Load client and tiny backends for `benches/run` (loopback only).
 //!
 //! ```text
-//! loadgen echo    --listen ADDR              echo every byte back (backend)
-//! loadgen sink    --listen ADDR              read and discard (backend)
-//! loadgen cps     --target ADDR              closed loop: connect, 64-byte echo, close
+//! loadgen echo      --listen ADDR            echo every byte back (backend)
+//! loadgen sink      --listen ADDR            read and discard (backend)
+//! loadgen rtmp-sink --listen ADDR            a minimal RTMP media server: handshake,
+//!                                            Publish.Start after `publish`, then discard
+//! loadgen cps     --target ADDR [--rtmp]     closed loop: connect, 64-byte echo (or an
+//!                                            RTMP publish up to Publish.Start), close
 //! loadgen latency --target ADDR              64-byte ping-pong on one connection
-//! loadgen ingest  --target ADDR              N paced publishers (2 Mbit/s each)
+//! loadgen ingest  --target ADDR [--rtmp]     N paced publishers (2 Mbit/s each), after
+//!                                            an RTMP publish with --rtmp
+//! loadgen setup   --target ADDR --count N    sequential RTMP publishes: time from the
+//!                                            TCP connect to NetStream.Publish.Start
 //! loadgen idle    --target ADDR              N idle connections, in rounds driven on stdin
 //! ```
+//!
+//! The RTMP client side replays the bytes a real ffmpeg sent when it
+//! published (`src/rtmp/testdata/ffmpeg_publish.bin`): C0+C1, then, once
+//! S0+S1+S2 are in, C2 and the commands up to and including
+//! `publish("testkey123")` (app `stream`); then it reads until
+//! `NetStream.Publish.Start` arrives. What follows (`ingest --rtmp`) is the
+//! same paced filler as without `--rtmp`: `protocol: rtmp` copies client
+//! bytes after the publish verbatim, whatever they are.
 //!
 //! Every mode is bounded in time (`--seconds`, `--max-seconds`) and exits by
 //! itself; results are one JSON object on stdout. Every socket is opened to
@@ -21,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Parser)]
@@ -51,6 +65,17 @@ enum Mode {
         #[arg(long, default_value_t = 1800)]
         max_seconds: u64,
     },
+    /// RTMP sink backend, a minimal media server: per connection (after a
+    /// PROXY header, if one comes) reads C0+C1, writes S0+S1+S2 (S2 echoes
+    /// C1), reads C2 and then until the bytes `publish` (at most 64 KiB),
+    /// writes an `onStatus` NetStream.Publish.Start on message stream 1,
+    /// then reads and discards until the client closes.
+    RtmpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1800)]
+        max_seconds: u64,
+    },
     /// New connections per second: `concurrency` workers each connect, send
     /// `size` bytes, read them back and close. With several `--target`s the
     /// workers take turns at them in `slice_ms` slices (in a fresh random
@@ -67,6 +92,11 @@ enum Mode {
         slice_ms: u64,
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// A connection is an RTMP publish instead of an echo: connect,
+        /// handshake and commands up to NetStream.Publish.Start, close
+        /// (the target must lead to an `rtmp-sink`).
+        #[arg(long)]
+        rtmp: bool,
     },
     /// Round trips of `size` bytes on one long-lived connection per
     /// `--target`; with several, one round trip to each in turn, so every
@@ -99,6 +129,34 @@ enum Mode {
         fps: u32,
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
+        /// Every publisher first publishes over RTMP (handshake and
+        /// commands up to NetStream.Publish.Start) before its paced
+        /// stream; `START` comes once all have (the target must lead to an
+        /// `rtmp-sink`).
+        #[arg(long)]
+        rtmp: bool,
+    },
+    /// Publish setup time: `count` RTMP publishes to each `--target`, one
+    /// at a time (one to each target in turn), each timed from the start
+    /// of its TCP connect to `NetStream.Publish.Start`, then closed.
+    /// Prints per target the median, p90 and failures, in microseconds,
+    /// and the median TCP connect time (one round trip).
+    Setup {
+        #[arg(long, required = true)]
+        target: Vec<SocketAddr>,
+        /// Measured publishes per target (at most 100,000).
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// Publishes per target made first and not counted.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Pause after each publish, so one's teardown does not overlap
+        /// the next one's setup.
+        #[arg(long, default_value_t = 5)]
+        pause_ms: u64,
+        /// Stop after this long even if publishes are left.
+        #[arg(long, default_value_t = 120.0)]
+        seconds: f64,
     },
     /// Opens `conns` connections (each proven end to end by a 1-byte echo),
     /// prints `OPEN n`, waits for a line on stdin, closes them all, prints
@@ -128,20 +186,25 @@ fn main() {
             Mode::Echo {
                 listen,
                 max_seconds,
-            } => serve(listen, max_seconds, true).await,
+            } => serve(listen, max_seconds, Backend::Echo).await,
             Mode::Sink {
                 listen,
                 max_seconds,
-            } => serve(listen, max_seconds, false).await,
+            } => serve(listen, max_seconds, Backend::Sink).await,
+            Mode::RtmpSink {
+                listen,
+                max_seconds,
+            } => serve(listen, max_seconds, Backend::RtmpSink).await,
             Mode::Cps {
                 target,
                 concurrency,
                 seconds,
                 slice_ms,
                 size,
+                rtmp,
             } => {
                 let targets = target.into_iter().map(loopback).collect::<Result<_, _>>()?;
-                cps(targets, concurrency, seconds, slice_ms, size).await
+                cps(targets, concurrency, seconds, slice_ms, size, rtmp).await
             }
             Mode::Latency {
                 target,
@@ -159,7 +222,25 @@ fn main() {
                 mbps,
                 fps,
                 seconds,
-            } => ingest(loopback(target)?, conns, mbps, fps, seconds).await,
+                rtmp,
+            } => ingest(loopback(target)?, conns, mbps, fps, seconds, rtmp).await,
+            Mode::Setup {
+                target,
+                count,
+                warmup,
+                pause_ms,
+                seconds,
+            } => {
+                let targets = target.into_iter().map(loopback).collect::<Result<_, _>>()?;
+                setup(
+                    targets,
+                    count.min(100_000),
+                    warmup.min(10_000),
+                    pause_ms,
+                    seconds,
+                )
+                .await
+            }
             Mode::Idle {
                 target,
                 conns,
@@ -186,8 +267,15 @@ fn loopback(target: SocketAddr) -> Result<SocketAddr, String> {
     }
 }
 
-/// Echo or sink backend until `max_seconds`.
-async fn serve(listen: SocketAddr, max_seconds: u64, echo: bool) -> Res {
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Echo,
+    Sink,
+    RtmpSink,
+}
+
+/// Echo, sink or RTMP sink backend until `max_seconds`.
+async fn serve(listen: SocketAddr, max_seconds: u64, kind: Backend) -> Res {
     // A deep accept queue: a proxy opening a thousand backend connections
     // at once must not overflow it (a dropped handshake costs the client a
     // retransmission, seconds later).
@@ -211,6 +299,10 @@ async fn serve(listen: SocketAddr, max_seconds: u64, echo: bool) -> Res {
             };
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
+                let echo = kind == Backend::Echo;
+                if kind == Backend::RtmpSink && rtmp_sink_greet(&mut s).await.is_err() {
+                    return;
+                }
                 let mut buf = vec![0u8; if echo { 16 * 1024 } else { 64 * 1024 }];
                 loop {
                     match s.read(&mut buf).await {
@@ -230,6 +322,281 @@ async fn serve(listen: SocketAddr, max_seconds: u64, echo: bool) -> Res {
 }
 
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---- RTMP
+
+/// What a real ffmpeg sent when it published (see
+/// `src/rtmp/testdata/README.txt`).
+const FFMPEG_PUBLISH: &[u8] = include_bytes!("../../src/rtmp/testdata/ffmpeg_publish.bin");
+/// C0+C1.
+const C0C1_LEN: usize = 1 + HANDSHAKE_LEN;
+/// C1, S1, S2, C2.
+const HANDSHAKE_LEN: usize = 1536;
+/// S0+S1+S2.
+const S0S1S2_LEN: usize = 1 + 2 * HANDSHAKE_LEN;
+/// End of ffmpeg's `publish` command: its commands after C2 are 348 bytes.
+const PUBLISH_END: usize = C0C1_LEN + HANDSHAKE_LEN + 348;
+/// The server's answer that it took the stream. The proxy re-chunks the
+/// server's messages at 128 bytes; this code sits in the first chunk.
+const PUBLISH_START: &[u8] = b"NetStream.Publish.Start";
+/// Most bytes read while looking for `publish` or `PUBLISH_START`.
+const MAX_SEARCH: usize = 64 * 1024;
+/// The RTMP sink's limit for a client to get to `publish`.
+const SINK_GREET_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads until `needle` has gone by, at most `limit` bytes; returns the
+/// bytes read. Bytes after the needle are read and dropped.
+async fn read_until<S: AsyncRead + Unpin>(
+    s: &mut S,
+    needle: &[u8],
+    limit: usize,
+) -> Result<usize, String> {
+    let keep = needle.len().saturating_sub(1);
+    let mut window: Vec<u8> = Vec::with_capacity(keep + 4096);
+    let mut buf = vec![0u8; 4096];
+    let mut total = 0usize;
+    while total < limit {
+        let room = (limit - total).min(buf.len());
+        let n = s
+            .read(&mut buf[..room])
+            .await
+            .map_err(|e| format!("after {total} bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed after {total} bytes"));
+        }
+        total += n;
+        window.extend_from_slice(&buf[..n]);
+        if window.windows(needle.len()).any(|w| w == needle) {
+            return Ok(total);
+        }
+        // Only a needle split across reads needs what came before.
+        let cut = window.len().saturating_sub(keep);
+        window.drain(..cut);
+    }
+    Err(format!("not within {limit} bytes"))
+}
+
+/// The client side of an RTMP publish on a connected socket: ffmpeg's
+/// C0+C1, S0+S1+S2 read, ffmpeg's C2 and commands up to `publish`, then
+/// until the server's (or proxy's) `NetStream.Publish.Start`.
+async fn rtmp_publish(s: &mut TcpStream) -> Result<(), String> {
+    let talk = async {
+        s.write_all(&FFMPEG_PUBLISH[..C0C1_LEN])
+            .await
+            .map_err(|e| format!("writing C0+C1: {e}"))?;
+        let mut answer = vec![0u8; S0S1S2_LEN];
+        s.read_exact(&mut answer)
+            .await
+            .map_err(|e| format!("reading S0+S1+S2: {e}"))?;
+        if answer[0] != 3 {
+            return Err(format!("S0: version {}, not 3", answer[0]));
+        }
+        s.write_all(&FFMPEG_PUBLISH[C0C1_LEN..PUBLISH_END])
+            .await
+            .map_err(|e| format!("writing C2 and commands: {e}"))?;
+        read_until(s, PUBLISH_START, MAX_SEARCH)
+            .await
+            .map_err(|e| format!("no NetStream.Publish.Start: {e}"))?;
+        Ok(())
+    };
+    tokio::time::timeout(OP_TIMEOUT, talk)
+        .await
+        .map_err(|_| "RTMP publish timeout".to_string())?
+}
+
+/// One AMF0 string.
+fn amf0_string(out: &mut Vec<u8>, s: &str) {
+    out.push(0x02);
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// `onStatus(0, null, {level: "status", code: "NetStream.Publish.Start",
+/// description})` as one AMF0 command message (type 20) on chunk stream 5,
+/// message stream 1, in chunks of 128 bytes (the default chunk size).
+fn publish_start_message() -> Vec<u8> {
+    let mut p = Vec::with_capacity(128);
+    amf0_string(&mut p, "onStatus");
+    p.push(0x00); // number
+    p.extend_from_slice(&0f64.to_be_bytes());
+    p.push(0x05); // null
+    p.push(0x03); // object
+    for (k, v) in [
+        ("level", "status"),
+        ("code", "NetStream.Publish.Start"),
+        ("description", "Start publishing"),
+    ] {
+        p.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        p.extend_from_slice(k.as_bytes());
+        amf0_string(&mut p, v);
+    }
+    p.extend_from_slice(&[0x00, 0x00, 0x09]); // object end
+                                              // Type-0 chunk header: fmt 0, csid 5; timestamp 0; length; type 20;
+                                              // message stream id 1 (little-endian).
+    let mut m = vec![0x05, 0, 0, 0];
+    m.extend_from_slice(&(p.len() as u32).to_be_bytes()[1..]);
+    m.push(20);
+    m.extend_from_slice(&1u32.to_le_bytes());
+    for (i, chunk) in p.chunks(128).enumerate() {
+        if i > 0 {
+            m.push(0xC5); // fmt 3, csid 5: a continuation
+        }
+        m.extend_from_slice(chunk);
+    }
+    m
+}
+
+/// Skips a PROXY protocol header (v1 or v2) if the connection starts with
+/// one; the benches send none.
+async fn skip_proxy_header(s: &mut TcpStream) -> Result<(), String> {
+    let mut first = [0u8; 1];
+    if s.peek(&mut first).await.map_err(|e| e.to_string())? == 0 {
+        return Err("closed".into());
+    }
+    match first[0] {
+        b'P' => {
+            // v1: text up to CRLF, at most 107 bytes.
+            let mut line = Vec::with_capacity(108);
+            let mut b = [0u8; 1];
+            while line.len() < 108 && !line.ends_with(b"\r\n") {
+                s.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+                line.push(b[0]);
+            }
+            if !line.ends_with(b"\r\n") {
+                return Err("PROXY v1 header too long".into());
+            }
+        }
+        0x0D => {
+            // v2: 12-byte signature, version/command, family, 2-byte length.
+            let mut head = [0u8; 16];
+            s.read_exact(&mut head).await.map_err(|e| e.to_string())?;
+            let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+            let mut rest = vec![0u8; len];
+            s.read_exact(&mut rest).await.map_err(|e| e.to_string())?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `rtmp-sink`: the media server's side of a publish, up to its
+/// NetStream.Publish.Start.
+async fn rtmp_sink_greet(s: &mut TcpStream) -> Result<(), String> {
+    static MESSAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let talk = async {
+        skip_proxy_header(s).await?;
+        let mut c0c1 = vec![0u8; C0C1_LEN];
+        s.read_exact(&mut c0c1).await.map_err(|e| e.to_string())?;
+        if c0c1[0] != 3 {
+            return Err(format!("C0: version {}", c0c1[0]));
+        }
+        // S0, S1 (time 0, zeros), S2 = C1 echoed.
+        let mut answer = Vec::with_capacity(S0S1S2_LEN);
+        answer.push(3);
+        answer.resize(C0C1_LEN, 0);
+        answer.extend_from_slice(&c0c1[1..]);
+        s.write_all(&answer).await.map_err(|e| e.to_string())?;
+        // C2 (a health check closes before it), then the commands.
+        let mut c2 = vec![0u8; HANDSHAKE_LEN];
+        s.read_exact(&mut c2).await.map_err(|e| e.to_string())?;
+        read_until(s, b"publish", MAX_SEARCH).await?;
+        let message = MESSAGE.get_or_init(publish_start_message);
+        s.write_all(message).await.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(SINK_GREET_TIMEOUT, talk)
+        .await
+        .map_err(|_| "timeout".to_string())?
+}
+
+async fn connect(target: SocketAddr) -> Result<TcpStream, String> {
+    let s = tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(target))
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// One `cps --rtmp` connection: connect, publish, close.
+async fn one_rtmp(target: SocketAddr) -> Result<(), String> {
+    let mut s = connect(target).await?;
+    rtmp_publish(&mut s).await
+}
+
+/// Publish setup times, sequential, one target after the other in turn.
+async fn setup(
+    targets: Vec<SocketAddr>,
+    count: usize,
+    warmup: usize,
+    pause_ms: u64,
+    seconds: f64,
+) -> Res {
+    let n = targets.len();
+    let mut total: Vec<Vec<u32>> = vec![Vec::with_capacity(count); n];
+    let mut connect_us: Vec<Vec<u32>> = vec![Vec::with_capacity(count); n];
+    let mut failures = vec![0u64; n];
+    let mut first_error: Vec<Option<String>> = vec![None; n];
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let pause = Duration::from_millis(pause_ms);
+    let mut i = 0usize;
+    while i < warmup + count && Instant::now() < deadline {
+        for j in 0..n {
+            // Alternate the order, so no target always follows another.
+            let k = if i.is_multiple_of(2) { j } else { n - 1 - j };
+            let t0 = Instant::now();
+            let result = async {
+                let mut s = connect(targets[k]).await?;
+                let connected = t0.elapsed();
+                rtmp_publish(&mut s).await?;
+                let done = t0.elapsed();
+                drop(s);
+                Ok::<_, String>((connected, done))
+            }
+            .await;
+            match result {
+                Ok((connected, done)) if i >= warmup => {
+                    connect_us[k].push(connected.as_micros().min(u32::MAX as u128) as u32);
+                    total[k].push(done.as_micros().min(u32::MAX as u128) as u32);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures[k] += 1;
+                    first_error[k].get_or_insert(e);
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+        i += 1;
+    }
+    let q = |v: &[u32], p: f64| -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+        Some(v[idx] as f64)
+    };
+    let mut per = serde_json::Map::new();
+    for k in 0..n {
+        total[k].sort_unstable();
+        connect_us[k].sort_unstable();
+        let v = &total[k];
+        per.insert(
+            targets[k].to_string(),
+            json!({
+                "n": v.len(),
+                "failures": failures[k],
+                "first_error": first_error[k],
+                "median_us": q(v, 0.5),
+                "p90_us": q(v, 0.9),
+                "min_us": q(v, 0.0),
+                "max_us": q(v, 1.0),
+                "connect_median_us": q(&connect_us[k], 0.5),
+            }),
+        );
+    }
+    println!("{}", json!({"mode": "setup", "targets": per}));
+    Ok(())
+}
 
 async fn one_echo(target: SocketAddr, payload: &[u8], back: &mut [u8]) -> Result<(), String> {
     let mut s = tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(target))
@@ -257,6 +624,7 @@ async fn cps(
     seconds: f64,
     slice_ms: u64,
     size: usize,
+    rtmp: bool,
 ) -> Res {
     let n = targets.len();
     let ok: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
@@ -274,7 +642,12 @@ async fn cps(
             let mut back = vec![0u8; size];
             while !stop.load(Ordering::Relaxed) {
                 let k = current.load(Ordering::Relaxed);
-                match one_echo(targets[k], &payload, &mut back).await {
+                let done = if rtmp {
+                    one_rtmp(targets[k]).await
+                } else {
+                    one_echo(targets[k], &payload, &mut back).await
+                };
+                match done {
                     Ok(()) => {
                         ok[k].fetch_add(1, Ordering::Relaxed);
                     }
@@ -332,6 +705,7 @@ async fn cps(
         .collect();
     let out = json!({
         "mode": "cps",
+        "rtmp": rtmp,
         "first_error": *first_error.lock().unwrap(),
         "targets": per,
     });
@@ -363,7 +737,7 @@ async fn latency(
         // Alternate the order too, so no target always follows another.
         let n = conns.len();
         for j in 0..n {
-            let k = if i % 2 == 0 { j } else { n - 1 - j };
+            let k = if i.is_multiple_of(2) { j } else { n - 1 - j };
             let s = &mut conns[k];
             let t = Instant::now();
             tokio::time::timeout(OP_TIMEOUT, async {
@@ -411,12 +785,23 @@ async fn latency(
     Ok(())
 }
 
+/// What proves a new connection is through to the backend.
+#[derive(Clone, Copy, PartialEq)]
+enum Prove {
+    /// Nothing: open once connected.
+    Nothing,
+    /// A 1-byte echo.
+    Echo,
+    /// An RTMP publish up to NetStream.Publish.Start.
+    RtmpPublish,
+}
+
 /// Opens `n` connections, at most `parallel` connects in flight.
 async fn open_many(
     target: SocketAddr,
     n: usize,
     parallel: usize,
-    prove: bool,
+    prove: Prove,
 ) -> (Vec<TcpStream>, usize, Option<String>) {
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = Vec::with_capacity(n);
@@ -429,7 +814,10 @@ async fn open_many(
                 .map_err(|_| "connect timeout".to_string())?
                 .map_err(|e| e.to_string())?;
             let _ = s.set_nodelay(true);
-            if prove {
+            if prove == Prove::RtmpPublish {
+                rtmp_publish(&mut s).await?;
+            }
+            if prove == Prove::Echo {
                 // One byte there and back: the proxy has reached the backend.
                 let mut b = [0u8; 1];
                 tokio::time::timeout(OP_TIMEOUT, async {
@@ -462,8 +850,20 @@ async fn open_many(
     (open, failed, first_error)
 }
 
-async fn ingest(target: SocketAddr, conns: usize, mbps: f64, fps: u32, seconds: f64) -> Res {
-    let (streams, failed, first_error) = open_many(target, conns, 128, false).await;
+async fn ingest(
+    target: SocketAddr,
+    conns: usize,
+    mbps: f64,
+    fps: u32,
+    seconds: f64,
+    rtmp: bool,
+) -> Res {
+    let prove = if rtmp {
+        Prove::RtmpPublish
+    } else {
+        Prove::Nothing
+    };
+    let (streams, failed, first_error) = open_many(target, conns, 128, prove).await;
     if streams.is_empty() {
         return Err(format!(
             "no connection opened: {}",
@@ -513,6 +913,7 @@ async fn ingest(target: SocketAddr, conns: usize, mbps: f64, fps: u32, seconds: 
     let expected = (mbps * 1e6 / 8.0) * seconds * opened as f64;
     let out = json!({
         "mode": "ingest",
+        "rtmp": rtmp,
         "conns": opened,
         "failed_to_open": failed,
         "first_error": first_error,
@@ -532,7 +933,7 @@ async fn idle(target: SocketAddr, conns: usize, rounds: usize, wait_seconds: u64
     let mut report = Vec::new();
     for round in 0..rounds {
         let t = Instant::now();
-        let (streams, failed, first_error) = open_many(target, conns, 256, true).await;
+        let (streams, failed, first_error) = open_many(target, conns, 256, Prove::Echo).await;
         println!("OPEN {} {failed}", streams.len());
         report.push(json!({
             "round": round,
