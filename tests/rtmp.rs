@@ -865,3 +865,79 @@ async fn node_media_server_takes_ffmpeg_through_the_front() {
         "{list:#?}"
     );
 }
+
+/// A media server that gives `createStream` the stream id 2, where the
+/// proxy told the client 1: the publisher's messages would carry an id
+/// the server does not know.
+async fn other_stream_id_server() -> SocketAddr {
+    use rtmp_proxy::rtmp::amf0::{encode, Value};
+    use rtmp_proxy::rtmp::rechunk::{ChunkWriter, Header};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut hello = vec![0u8; C0C1_LEN];
+                if sock.read_exact(&mut hello).await.is_err() {
+                    return;
+                }
+                let answer = rtmp_proxy::rtmp::handshake::answer(&hello);
+                if sock.write_all(&answer).await.is_err()
+                    || !read_until(&mut sock, b"publish").await
+                {
+                    return;
+                }
+                // ffmpeg's createStream is transaction 4.
+                let mut payload = Vec::new();
+                let values = [
+                    Value::String("_result".into()),
+                    Value::Number(4.0),
+                    Value::Null,
+                    Value::Number(2.0),
+                ];
+                encode(&values, &mut payload);
+                let header = Header {
+                    csid: 3,
+                    timestamp: 0,
+                    len: payload.len() as u32,
+                    msg_type: 20,
+                    msid: 0,
+                };
+                let mut out = Vec::new();
+                ChunkWriter::default().message(&header, &payload, &mut out);
+                let _ = sock.write_all(&out).await;
+                let _ = tokio::io::copy(&mut sock, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The message stream id the front gave the client must be the server's:
+/// a server that gives another is skipped, not marked down, and the
+/// publisher lands on the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_with_another_stream_id_is_skipped() {
+    let odd = other_stream_id_server().await;
+    let good = Backend::start("good", Mode::Rtmp).await;
+    let proxy = Proxy::start(&format!(
+        "  balance: first\n  health_check:\n    kind: tcp\n    interval: 60s\n{}",
+        statics(&[
+            format!("      - addr: \"{odd}\"\n        max_connections: 1\n"),
+            good.yaml(1, 1),
+        ])
+    ))
+    .await;
+    let mut client = proxy.connect().await;
+    assert!(publish_recorded(&mut client).await, "{}", proxy.log_text());
+    let list = streams(&proxy).await;
+    assert_eq!(list[0]["backend"], good.addr.to_string(), "{list:#?}");
+    assert!(
+        proxy
+            .log_text()
+            .contains("gave message stream id 2 where the client was given 1"),
+        "{}",
+        proxy.log_text()
+    );
+    assert_eq!(proxy.backend_field(odd, "healthy").await, true);
+}
