@@ -44,6 +44,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::access_log::Record;
 use crate::balancer::redis::{Lease, LeaseOutcome};
 use crate::balancer::{Rejection, Slot};
+use crate::config::Protocol;
 use crate::core::Core;
 use crate::lifecycle::handoff::ForwardedClient;
 use crate::lifecycle::SessionGuard;
@@ -90,8 +91,10 @@ struct Connection<'a> {
     ctx: Context,
     /// The slot, from `admit` until `finish`.
     taken: Option<Taken>,
-    /// `rtmp` mode: the client's RTMP session, from the front on.
-    greeted: Option<Greeted>,
+    /// `rtmp` mode: the client's RTMP session, from the front on. Boxed,
+    /// like the RTMP phases' futures, so that a connection in `tcp` mode
+    /// (and an idle one in either) carries none of it.
+    greeted: Option<Box<Greeted>>,
 }
 
 /// A backend connection that has taken the client.
@@ -100,7 +103,7 @@ struct Linked {
     /// What the backend sent first, for the client.
     first: Vec<u8>,
     /// `rtmp` mode: rewrites the rest of what the backend sends.
-    rechunker: Option<Rechunker>,
+    rewrite: Option<duplex::Rewrite>,
 }
 
 /// What has been learned about a connection, for its log records.
@@ -115,7 +118,7 @@ struct Context {
     /// The connection's entry in the stream directory (`rtmp` mode).
     stream: Option<Registration>,
     /// The last media server's refusal of the stream, for the client.
-    declined: Option<Status>,
+    declined: Option<Box<Status>>,
 }
 
 /// Why the phases stopped before a backend was reached.
@@ -133,9 +136,17 @@ enum Outcome {
 }
 
 impl Connection<'_> {
+    /// The phases, then the one end of every connection. What follows the
+    /// phases runs boxed: a live connection's task holds the phases'
+    /// state only.
     async fn run(mut self) {
+        let outcome = self.phases().await;
+        Box::pin(self.end(outcome)).await;
+    }
+
+    async fn end(mut self, outcome: Result<End, Stop>) {
         let mut told = false;
-        let outcome = match self.phases().await {
+        let outcome = match outcome {
             Ok(end) => Outcome::Ended(end),
             Err(Stop::Rejected(reason, why)) => {
                 told = self.refuse(reason, &why).await;
@@ -159,10 +170,12 @@ impl Connection<'_> {
     }
 
     async fn phases(&mut self) -> Result<End, Stop> {
-        self.front().await?;
+        if self.core.settings.protocol == Protocol::Rtmp {
+            Box::pin(self.front()).await?;
+        }
         let play = self.greeted.as_ref().map(|g| &g.info.role) == Some(&Role::Play);
         let linked = if play {
-            self.route().await?
+            Box::pin(self.route()).await?
         } else {
             let taken = self.admit().await?;
             self.connect(taken).await?
@@ -185,7 +198,7 @@ impl Connection<'_> {
                 .with_label_values(&[role])
                 .inc();
         }
-        self.greeted = greeted;
+        self.greeted = greeted.map(Box::new);
         Ok(())
     }
 
@@ -248,11 +261,12 @@ impl Connection<'_> {
         let mut backend = opened?;
         match &self.greeted {
             Some(g) => {
-                let greeting = opening.greet(&mut backend, &g.front, &g.info.role).await?;
+                let greeting =
+                    Box::pin(opening.greet(&mut backend, &g.front, &g.info.role)).await?;
                 Ok(Linked {
                     backend,
                     first: greeting.first,
-                    rechunker: Some(greeting.rechunker),
+                    rewrite: Some(rewrite(greeting.rechunker)),
                 })
             }
             None => {
@@ -260,7 +274,7 @@ impl Connection<'_> {
                 Ok(Linked {
                     backend,
                     first,
-                    rechunker: None,
+                    rewrite: None,
                 })
             }
         }
@@ -386,7 +400,7 @@ impl Connection<'_> {
                 table.set_health(addr, false, &why);
             }
             if let ConnectError::Declined(status) = failed {
-                self.ctx.declined = Some(status);
+                self.ctx.declined = Some(Box::new(status));
             }
             taken.release().await;
             taken = loop {
@@ -419,7 +433,7 @@ impl Connection<'_> {
         let Linked {
             mut backend,
             first,
-            rechunker,
+            rewrite,
         } = linked;
         let Core {
             table,
@@ -439,14 +453,10 @@ impl Connection<'_> {
             .greeted
             .as_ref()
             .map(|g| rtmp::register(streams, &flow, &self.ctx.peer, backend_addr, &g.info));
-        let rewrite = rechunker.map(|mut r| -> duplex::Rewrite {
-            Box::new(move |bytes, out| {
-                r.feed(bytes, out, &mut |_, _| rechunk::Judgement::Forward)
-                    .map(|_| ())
-                    .map_err(|e| format!("sent RTMP not understood ({})", e.reason()))
-            })
-        });
+
         flow.count(Side::Client, self.pending.len());
+        // Sent, and no other backend will need it.
+        self.pending = Vec::new();
         flow.count(Side::Backend, first.len());
         self.ctx.flow = Some(flow.clone());
         let timers = duplex::Timers {
@@ -592,6 +602,17 @@ impl Context {
             ..Default::default()
         }
     }
+}
+
+/// The server-to-client direction of a stream whose front the proxy
+/// answered: the server's chunk stream, rewritten for the client.
+fn rewrite(mut rechunker: Rechunker) -> duplex::Rewrite {
+    Box::new(move |bytes, out| {
+        rechunker
+            .feed(bytes, out, &mut |_, _| rechunk::Judgement::Forward)
+            .map(|_| ())
+            .map_err(|e| format!("sent RTMP not understood ({})", e.reason()))
+    })
 }
 
 /// Reads what a told client still sends until it closes, for at most

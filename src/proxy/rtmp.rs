@@ -188,7 +188,8 @@ async fn read_at_least<S: AsyncRead + Unpin>(
         let room = if pending.len() < C0C1_LEN {
             C0C1_LEN.saturating_sub(pending.len())
         } else {
-            MAX_FRONT_BYTES.saturating_sub(pending.len()).min(16 * 1024)
+            // Commands are small: read them in small steps.
+            MAX_FRONT_BYTES.saturating_sub(pending.len()).min(4096)
         };
         // Straight into `pending`: no buffer kept in the task.
         pending.reserve(room);
