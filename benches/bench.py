@@ -1308,6 +1308,8 @@ def main():
     if args.tput_iters:
         cfg["tput_iters"] = args.tput_iters
     cfg["ingest_rounds"] = max(1, args.ingest_rounds)
+    # Each further ingest round takes about 35 s per target (7 at most).
+    cfg["deadline"] += (cfg["ingest_rounds"] - 1) * 40 * 7
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.workdir = args.workdir or os.path.join(TARGET_DIR, "bench", ("smoke-" if args.smoke else "") + stamp)
     out_md = args.out or (os.path.join(args.workdir, "BENCHMARKS.md") if args.smoke else os.path.join(ROOT, "BENCHMARKS.md"))
