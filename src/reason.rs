@@ -6,8 +6,6 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use crate::balancer::Rejection;
-
 /// Every way a client connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -85,15 +83,5 @@ impl fmt::Display for Reason {
 impl Serialize for Reason {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.label())
-    }
-}
-
-impl From<Rejection> for Reason {
-    fn from(r: Rejection) -> Self {
-        match r {
-            Rejection::QueueFull => Reason::QueueFull,
-            Rejection::QueueTimeout => Reason::QueueTimeout,
-            Rejection::HandedOff => Reason::HandedOff,
-        }
     }
 }

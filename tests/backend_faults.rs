@@ -113,7 +113,7 @@ async fn rtmp_server(reads: bool) -> (SocketAddr, Arc<AtomicUsize>) {
                 if s.write_all(&answer).await.is_err() || !read_until(&mut s, b"publish").await {
                     return;
                 }
-                let started = on_status("NetStream.Publish.Start");
+                let started = on_status("status", "NetStream.Publish.Start");
                 if s.write_all(&started).await.is_err() {
                     return;
                 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::media::{probe, Nginx, NodeMediaServer, Publisher};
 use common::*;
+use rtmp_proxy::rtmp::amf0::Value as Amf0;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -339,7 +340,9 @@ async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
     tokio::spawn(async move {
         // The proxy's C2, then the client's commands through its publish.
         if read_until(&mut sock, b"publish").await {
-            let _ = sock.write_all(&on_status("NetStream.Publish.Start")).await;
+            let _ = sock
+                .write_all(&on_status("status", "NetStream.Publish.Start"))
+                .await;
             let _ = tokio::io::copy(&mut sock, &mut tokio::io::sink()).await;
         }
     });
@@ -870,47 +873,14 @@ async fn node_media_server_takes_ffmpeg_through_the_front() {
 /// proxy told the client 1: the publisher's messages would carry an id
 /// the server does not know.
 async fn other_stream_id_server() -> SocketAddr {
-    use rtmp_proxy::rtmp::amf0::{encode, Value};
-    use rtmp_proxy::rtmp::rechunk::{ChunkWriter, Header};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut hello = vec![0u8; C0C1_LEN];
-                if sock.read_exact(&mut hello).await.is_err() {
-                    return;
-                }
-                let answer = rtmp_proxy::rtmp::handshake::answer(&hello);
-                if sock.write_all(&answer).await.is_err()
-                    || !read_until(&mut sock, b"publish").await
-                {
-                    return;
-                }
-                // ffmpeg's createStream is transaction 4.
-                let mut payload = Vec::new();
-                let values = [
-                    Value::String("_result".into()),
-                    Value::Number(4.0),
-                    Value::Null,
-                    Value::Number(2.0),
-                ];
-                encode(&values, &mut payload);
-                let header = Header {
-                    csid: 3,
-                    timestamp: 0,
-                    len: payload.len() as u32,
-                    msg_type: 20,
-                    msid: 0,
-                };
-                let mut out = Vec::new();
-                ChunkWriter::default().message(&header, &payload, &mut out);
-                let _ = sock.write_all(&out).await;
-                let _ = tokio::io::copy(&mut sock, &mut tokio::io::sink()).await;
-            });
-        }
-    });
-    addr
+    // ffmpeg's createStream is transaction 4.
+    let values = [
+        Amf0::String("_result".into()),
+        Amf0::Number(4.0),
+        Amf0::Null,
+        Amf0::Number(2.0),
+    ];
+    rtmp_server_answering(rtmp_command(3, 0, &values)).await
 }
 
 /// The message stream id the front gave the client must be the server's:

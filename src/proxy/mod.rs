@@ -189,13 +189,9 @@ impl Connection<'_> {
             .await
             .map_err(|e| Stop::Rejected(e.reason(), e.to_string()))?;
         if let Some(g) = &greeted {
-            let role = match g.info.role {
-                Role::Publish { .. } => "publish",
-                Role::Play => "play",
-            };
             metrics::get()
                 .streams_identified
-                .with_label_values(&[role])
+                .with_label_values(&[g.info.role.label()])
                 .inc();
         }
         self.greeted = greeted.map(Box::new);

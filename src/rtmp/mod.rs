@@ -71,12 +71,19 @@ pub enum Role {
     Play,
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    /// `publish` or `play`: the metric label and what listings show.
+    pub fn label(&self) -> &'static str {
+        match self {
             Self::Publish { .. } => "publish",
             Self::Play => "play",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 

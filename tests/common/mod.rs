@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use rtmp_proxy::rtmp::amf0::Value;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_rtmp-proxy");
 
 /// Config line for tests whose clients speak raw TCP rather than RTMP
@@ -498,18 +500,7 @@ async fn serve(
             stats.hashes.lock().unwrap().push(hash?);
             Ok(())
         }
-        Mode::Rtmp => {
-            let mut hello = vec![0u8; RTMP_C0C1_LEN];
-            sock.read_exact(&mut hello).await?;
-            sock.write_all(&rtmp_proxy::rtmp::handshake::answer(&hello))
-                .await?;
-            if read_until(sock, b"publish").await {
-                sock.write_all(&on_status("NetStream.Publish.Start"))
-                    .await?;
-                tokio::io::copy(sock, &mut tokio::io::sink()).await?;
-            }
-            Ok(())
-        }
+        Mode::Rtmp => answer_publish(sock, &on_status("status", "NetStream.Publish.Start")).await,
     }
 }
 
@@ -636,29 +627,63 @@ pub const FFMPEG_PUBLISH: &[u8] = include_bytes!("../../src/rtmp/testdata/ffmpeg
 pub const PUBLISH_END: usize = RTMP_C0C1_LEN + 1536 + 348;
 
 /// An `onStatus` message, as a media server sends it.
-pub fn on_status(code: &str) -> Vec<u8> {
-    use rtmp_proxy::rtmp::amf0::{encode, Value};
-    use rtmp_proxy::rtmp::rechunk::{ChunkWriter, Header};
+pub fn on_status(level: &str, code: &str) -> Vec<u8> {
     let text = |s: &str| Value::String(s.into());
     let info = Value::Object(vec![
-        ("level".into(), text("status")),
+        ("level".into(), text(level)),
         ("code".into(), text(code)),
+        ("description".into(), text("said by the test server")),
     ]);
-    let mut payload = Vec::new();
-    encode(
+    rtmp_command(
+        5,
+        1,
         &[text("onStatus"), Value::Number(0.0), Value::Null, info],
-        &mut payload,
-    );
-    let header = Header {
-        csid: 5,
+    )
+}
+
+/// A command message (AMF0) on chunk stream `csid`, message stream `msid`.
+pub fn rtmp_command(csid: u32, msid: u32, values: &[Value]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    rtmp_proxy::rtmp::amf0::encode(values, &mut payload);
+    let header = rtmp_proxy::rtmp::rechunk::Header {
+        csid,
         timestamp: 0,
         len: payload.len() as u32,
         msg_type: 20,
-        msid: 1,
+        msid,
     };
     let mut out = Vec::new();
-    ChunkWriter::default().message(&header, &payload, &mut out);
+    rtmp_proxy::rtmp::rechunk::ChunkWriter::default().message(&header, &payload, &mut out);
     out
+}
+
+/// A media server's side of one connection, as far as the proxy's front
+/// needs it: answers the handshake, sends `answer` once the client's
+/// commands through `publish` have arrived, then reads on.
+pub async fn answer_publish(sock: &mut TcpStream, answer: &[u8]) -> std::io::Result<()> {
+    let mut hello = vec![0u8; RTMP_C0C1_LEN];
+    sock.read_exact(&mut hello).await?;
+    sock.write_all(&rtmp_proxy::rtmp::handshake::answer(&hello))
+        .await?;
+    if read_until(sock, b"publish").await {
+        sock.write_all(answer).await?;
+        tokio::io::copy(sock, &mut tokio::io::sink()).await?;
+    }
+    Ok(())
+}
+
+/// A listener whose every connection is served by [`answer_publish`].
+pub async fn rtmp_server_answering(answer: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move { answer_publish(&mut sock, &answer).await });
+        }
+    });
+    addr
 }
 
 /// Reads until `needle` arrives; false on a close or after 10 s.
