@@ -911,3 +911,45 @@ async fn a_server_with_another_stream_id_is_skipped() {
     );
     assert_eq!(proxy.backend_field(odd, "healthy").await, true);
 }
+
+/// A media server may name the stream in its refusal; the proxy logs the
+/// refusal and passes it to the publisher, with the key redacted in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refusal_that_names_the_key_is_redacted() {
+    let text = |s: &str| Amf0::String(s.into());
+    let info = Amf0::Object(vec![
+        ("level".into(), text("error")),
+        ("code".into(), text("NetStream.Publish.BadName")),
+        (
+            "description".into(),
+            text("testkey123 is already publishing"),
+        ),
+    ]);
+    let values = [text("onStatus"), Amf0::Number(0.0), Amf0::Null, info];
+    let server = rtmp_server_answering(rtmp_command(5, 1, &values)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let proxy = Proxy::start(&format!(
+        "  access_log: {access:?}\n  health_check:\n    kind: tcp\n    interval: 60s\n{}",
+        statics(&[format!(
+            "      - addr: \"{server}\"\n        max_connections: 1\n"
+        )])
+    ))
+    .await;
+    let mut client = proxy.connect().await;
+    assert!(!publish_recorded(&mut client).await);
+    let refused = r#"rtmp_proxy_connections_rejected_total{reason="connect_failed"}"#;
+    let counted = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&access).is_ok_and(|l| l.contains("connect_failed"))
+    })
+    .await;
+    assert!(counted, "{}", proxy.log_text());
+    assert_eq!(proxy.metric(refused).await, 1.0);
+    let logged = format!(
+        "{}{}",
+        proxy.log_text(),
+        std::fs::read_to_string(&access).unwrap()
+    );
+    assert!(logged.contains("tes… is already publishing"), "{logged}");
+    assert!(!logged.contains("testkey123"), "{logged}");
+}

@@ -257,8 +257,7 @@ impl Connection<'_> {
         let mut backend = opened?;
         match &self.greeted {
             Some(g) => {
-                let greeting =
-                    Box::pin(opening.greet(&mut backend, &g.front, &g.info.role)).await?;
+                let greeting = Box::pin(opening.greet(&mut backend, &g.front, &g.info)).await?;
                 Ok(Linked {
                     backend,
                     first: greeting.first,

@@ -34,7 +34,7 @@ use crate::reason::Reason;
 use crate::rtmp::handshake::{self, HANDSHAKE_LEN};
 use crate::rtmp::rechunk::{Phase, Rechunker};
 use crate::rtmp::upstream::{Judge, Refusal};
-use crate::rtmp::{self, Front, Progress, Role, StreamInfo, C0C1_LEN, C2_LEN, MAX_OBSERVED_BYTES};
+use crate::rtmp::{self, Front, Progress, StreamInfo, C0C1_LEN, C2_LEN, MAX_OBSERVED_BYTES};
 use crate::streams::{display_app, Directory, Registration};
 
 /// Most bytes read from a backend at once while its answer is judged.
@@ -322,7 +322,7 @@ impl Opening<'_> {
         &self,
         backend: &mut S,
         front: &Front,
-        role: &Role,
+        stream: &StreamInfo,
     ) -> Result<Greeting, ConnectError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -361,7 +361,7 @@ impl Opening<'_> {
                 .await
                 .map_err(ConnectError::SendFailed)?;
             let mut rechunker = Rechunker::new(front.writer().clone(), true);
-            let mut judge = Judge::new(role, front.answered());
+            let mut judge = Judge::new(&stream.role, front.answered());
             let mut first = Vec::new();
             let mut buf = vec![0u8; FIRST_READ];
             loop {
@@ -379,10 +379,16 @@ impl Opening<'_> {
                     Phase::Passing => return Ok(Greeting { first, rechunker }),
                     Phase::Refused => {
                         return Err(match judge.refusal.take() {
-                            Some(Refusal::Declined(status)) => ConnectError::Declined(status),
+                            // Servers may name the stream: logged, so redacted.
+                            Some(Refusal::Declined(mut status)) => {
+                                let key = &stream.stream_key;
+                                status.code = rtmp::redact_in(&status.code, key);
+                                status.description = rtmp::redact_in(&status.description, key);
+                                ConnectError::Declined(status)
+                            }
                             Some(Refusal::OtherStreamId(id)) => ConnectError::OtherStreamId(id),
                             None => ConnectError::Left,
-                        })
+                        });
                     }
                 }
             }
@@ -654,7 +660,7 @@ mod tests {
         let (mut backend, end) = pipe();
         let started = status("status", "NetStream.Publish.Start");
         let (greeting, replay) = tokio::join!(
-            opening.greet(&mut backend, &greeted.front, &greeted.info.role),
+            opening.greet(&mut backend, &greeted.front, &greeted.info),
             server(end, started)
         );
         // C2, then the client's bytes after its handshake, verbatim.
@@ -664,7 +670,7 @@ mod tests {
         let (mut backend, end) = pipe();
         let bad = status("error", "NetStream.Publish.BadName");
         let (greeting, _) = tokio::join!(
-            opening.greet(&mut backend, &greeted.front, &greeted.info.role),
+            opening.greet(&mut backend, &greeted.front, &greeted.info),
             server(end, bad)
         );
         let e = greeting.err().unwrap();

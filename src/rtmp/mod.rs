@@ -104,6 +104,19 @@ pub fn redact(key: &str) -> String {
     key.chars().take(shown).chain(['…']).collect()
 }
 
+/// `text` (say, a media server's error) with every occurrence of `key`,
+/// and of its name without the `?query`, redacted.
+pub fn redact_in(text: &str, key: &str) -> String {
+    let name = key.split_once('?').map_or(key, |(name, _)| name);
+    let mut out = text.to_owned();
+    for secret in [key, name] {
+        if !secret.is_empty() {
+            out = out.replace(secret, &redact(key));
+        }
+    }
+    out
+}
+
 /// Drops a `?query` (which may carry tokens) from a URL or app for display.
 fn without_query(s: &str) -> String {
     match s.split_once('?') {
@@ -680,6 +693,16 @@ mod tests {
         let mut more = Vec::new();
         assert_eq!(obs.feed(b"\xff garbage", &mut more), &first);
         assert!(more.is_empty());
+    }
+
+    #[test]
+    fn redaction_inside_text() {
+        let said = "stream testkey123 busy; testkey123?token=s3cret too";
+        assert_eq!(
+            redact_in(said, "testkey123?token=s3cret"),
+            "stream tes… busy; tes… too"
+        );
+        assert_eq!(redact_in("x", ""), "x");
     }
 
     #[test]
