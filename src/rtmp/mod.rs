@@ -700,7 +700,7 @@ mod tests {
         let said = "stream testkey123 busy; testkey123?token=s3cret too";
         assert_eq!(
             redact_in(said, "testkey123?token=s3cret"),
-            "stream tes… busy; tes… too"
+            "stream test… busy; test… too"
         );
         assert_eq!(redact_in("x", ""), "x");
     }
