@@ -231,6 +231,92 @@ pub struct ProxyConfig {
     /// ECS task scale-in protection for the media servers holding live
     /// streams and for this proxy's own task. Off by default.
     pub scale_in_protection: ProtectionConfig,
+    /// `rtmp` only: the platform's say on each publish (and play), asked
+    /// before a slot or a media server is spent on it.
+    pub auth: AuthConfig,
+    /// `rtmp` only: a publish of an app and key that is already live, on
+    /// this proxy or (Redis store) any other: `takeover` closes the old
+    /// session, whose slot the newcomer then takes; `reject` refuses the
+    /// newcomer.
+    pub duplicate_publish: DuplicatePublish,
+    /// `rtmp` only: a publisher back within this time of its last session
+    /// of the same app and key goes to the same media server if it is
+    /// healthy and has a free slot. `0s` turns it off.
+    pub sticky_for: Millis<0, 86_400_000>,
+}
+
+/// `proxy.auth`: HTTP hooks called the way nginx-rtmp's `on_publish` and
+/// `on_play` are, so a platform's existing endpoint works unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `http://` URL POSTed once per publish. Unset: every publish is
+    /// allowed.
+    pub on_publish: Option<HookUrl>,
+    /// `http://` URL POSTed once per play. Unset: every play is allowed.
+    pub on_play: Option<HookUrl>,
+    /// What a hook that fails (timeout, no connection, 5xx, an answer not
+    /// understood) means: `deny` or `allow`.
+    pub on_error: OnError,
+    /// Time allowed for one hook call, connect included.
+    pub timeout: Millis<1, 60_000>,
+    /// How long a hook's allow or deny is reused for the same request.
+    /// `0s`: every publish asks.
+    pub cache: Millis<0, 86_400_000>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            on_publish: None,
+            on_play: None,
+            on_error: OnError::default(),
+            timeout: Millis::secs::<DEFAULT_AUTH_TIMEOUT_SECS>(),
+            cache: Millis::secs::<0>(),
+        }
+    }
+}
+
+/// `proxy.auth.on_error`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// `proxy.duplicate_publish`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicatePublish {
+    /// The old session is closed and the newcomer takes its slot: an
+    /// encoder that reconnects after a silent network loss is live again
+    /// at once, not after the media server's own timeout.
+    #[default]
+    Takeover,
+    Reject,
+}
+
+/// An `http://host[:port]/path` hook URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookUrl(pub http::Uri);
+
+impl<'de> Deserialize<'de> for HookUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor("an http:// URL", |v: &str| {
+            let uri: http::Uri = v
+                .parse()
+                .map_err(|e| format!("{v:?} is not a URL ({e})"))?;
+            match (uri.scheme_str(), uri.host()) {
+                (Some("http"), Some(_)) => Ok(Self(uri)),
+                (Some("https"), _) => Err(format!(
+                    "{v:?}: https hooks are not supported yet; use http:// (a sidecar or a local TLS proxy)"
+                )),
+                _ => Err(format!("{v:?}: expected http://host[:port]/path")),
+            }
+        }))
+    }
 }
 
 /// Balancing policies; each skips unhealthy and full backends.
@@ -639,6 +725,19 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
             "proxy.slots.url: required when proxy.slots.store is redis (e.g. redis://127.0.0.1:6379/0)".into(),
         ));
     }
+    if proxy.protocol == Protocol::Tcp {
+        let a = &proxy.auth;
+        for (key, set) in [
+            ("on_publish", a.on_publish.is_some()),
+            ("on_play", a.on_play.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError(format!(
+                    "proxy.auth.{key}: needs protocol: rtmp (in tcp mode the proxy never sees app and key)"
+                )));
+            }
+        }
+    }
     let p = &proxy.scale_in_protection;
     let renew = p.renew_every();
     if renew < Duration::from_secs(1) || renew >= p.expires.get() {
@@ -739,6 +838,12 @@ pub const DEFAULT_WEIGHT: usize = 10;
 pub const DEFAULT_BACKEND_MAX_CONNECTIONS: usize = 1;
 pub const DEFAULT_PROTECTION_EXPIRES_MINUTES: u64 = 60;
 pub const DEFAULT_RELEASE_AFTER_SECS: u64 = 30;
+/// nginx-rtmp's `notify_...` calls have no timeout of their own; 2 s keeps
+/// an encoder's connect well inside its own (OBS waits 10 s or more).
+pub const DEFAULT_AUTH_TIMEOUT_SECS: u64 = 2;
+/// About one encoder reconnect cycle (OBS retries after 2-10 s, up to 25
+/// times), so a stream that drops comes back to where its HLS output is.
+pub const DEFAULT_STICKY_FOR_SECS: u64 = 30;
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -764,6 +869,9 @@ impl Default for ProxyConfig {
             health_check: HealthCheckConfig::default(),
             backends: BackendsConfig::default(),
             scale_in_protection: ProtectionConfig::default(),
+            auth: AuthConfig::default(),
+            duplicate_publish: DuplicatePublish::default(),
+            sticky_for: Millis::secs::<DEFAULT_STICKY_FOR_SECS>(),
         }
     }
 }

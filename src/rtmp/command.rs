@@ -15,6 +15,7 @@ pub enum Command {
         tc_url: Option<String>,
         /// 0 (AMF0) or 3 (AMF3), echoed in the answer.
         object_encoding: Option<f64>,
+        client: ClientFields,
     },
     /// FMLE-style announcements before `publish` (not in the spec; sent by
     /// ffmpeg, OBS and FMLE) naming the stream about to be published.
@@ -34,6 +35,15 @@ pub enum Command {
     GetStreamLength,
     /// Anything else (_checkbw, FCSubscribe, deleteStream, ...).
     Other,
+}
+
+/// What a `connect` says of the client beyond app and tcUrl: passed to
+/// the auth hook as nginx-rtmp passes it (`flashver`, `swfurl`, `pageurl`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientFields {
+    pub flash_ver: Option<String>,
+    pub swf_url: Option<String>,
+    pub page_url: Option<String>,
 }
 
 /// A command and its transaction id (0: no answer expected).
@@ -169,6 +179,11 @@ pub fn parse(msg_type: u8, payload: &[u8]) -> Result<Invoke, CommandError> {
                     Some(Value::Number(n)) => Some(*n),
                     _ => None,
                 },
+                client: ClientFields {
+                    flash_ver: string(obj.get("flashVer").cloned()),
+                    swf_url: string(obj.get("swfUrl").cloned()),
+                    page_url: string(obj.get("pageUrl").cloned()),
+                },
             },
             _ => return Err(CommandError::BadConnect),
         },
@@ -234,6 +249,7 @@ mod tests {
             enc::object(&[
                 ("app", "live"),
                 ("type", "nonprivate"),
+                ("flashVer", "FMLE/3.0 (compatible; FMSc/1.0)"),
                 ("tcUrl", "rtmp://h/live"),
             ]),
         ]);
@@ -243,6 +259,10 @@ mod tests {
                 app: Some("live".into()),
                 tc_url: Some("rtmp://h/live".into()),
                 object_encoding: None,
+                client: ClientFields {
+                    flash_ver: Some("FMLE/3.0 (compatible; FMSc/1.0)".into()),
+                    ..Default::default()
+                },
             })
         );
         let m = cmd(&[enc::string("connect"), enc::number(1.0), enc::null()]);
@@ -254,6 +274,7 @@ mod tests {
                 app: None,
                 tc_url: None,
                 object_encoding: None,
+                client: ClientFields::default(),
             })
         );
     }

@@ -49,6 +49,7 @@ use std::fmt;
 
 use amf0::Value;
 use command::{Command, Invoke};
+pub use command::ClientFields;
 use rechunk::{ChunkWriter, Header};
 
 /// C0 (version) + C1 (1536 bytes), what the client sends before anything else.
@@ -95,6 +96,7 @@ pub struct StreamInfo {
     /// through [`redact`].
     pub stream_key: String,
     pub role: Role,
+    pub client: ClientFields,
 }
 
 /// Shows at most the first 4 characters of `key`, and never more than a
@@ -132,6 +134,7 @@ impl fmt::Debug for StreamInfo {
             .field("tc_url", &self.tc_url.as_deref().map(without_query))
             .field("stream_key", &redact(&self.stream_key))
             .field("role", &self.role)
+            .field("client", &self.client)
             .finish()
     }
 }
@@ -195,8 +198,8 @@ struct Session {
     c2_left: usize,
     budget_left: usize,
     chunks: chunk::ChunkDecoder,
-    /// From the last `connect`: (app, tcUrl).
-    connect: Option<(String, Option<String>)>,
+    /// From the last `connect`: (app, tcUrl, the rest).
+    connect: Option<(String, Option<String>, ClientFields)>,
     /// Stream name from FCPublish (or releaseStream), for a `publish`
     /// without a usable one.
     announced: Option<String>,
@@ -304,11 +307,12 @@ impl Session {
                 app,
                 tc_url,
                 object_encoding,
+                client,
             } => {
                 let Some(app) = app else {
                     return Some(Progress::Unknown("connect_without_app"));
                 };
-                self.connect = Some((app, tc_url));
+                self.connect = Some((app, tc_url, client));
                 return answers.connect(txid, object_encoding.unwrap_or(0.0));
             }
             Command::ReleaseStream(name) | Command::FcPublish(name) => {
@@ -329,7 +333,7 @@ impl Session {
             Command::Play(name) => (name, Role::Play),
             Command::Other => return None,
         };
-        let Some((app, tc_url)) = self.connect.take() else {
+        let Some((app, tc_url, client)) = self.connect.take() else {
             return Some(Progress::Unknown("no_connect"));
         };
         match name.filter(|n| !n.is_empty()) {
@@ -338,6 +342,7 @@ impl Session {
                 tc_url,
                 stream_key,
                 role,
+                client,
             })),
             None => Some(Progress::Unknown("no_stream_name")),
         }
@@ -485,11 +490,20 @@ mod tests {
     }
 
     fn info(role: Role, tc_url: &str) -> Progress {
+        // What ffmpeg's publisher and player say they are.
+        let flash_ver = match role {
+            Role::Play => "LNX 9,0,124,2",
+            Role::Publish { .. } => "FMLE/3.0 (compatible; Lavf59.27.100)",
+        };
         Progress::Found(StreamInfo {
             app: "stream".into(),
             tc_url: Some(tc_url.into()),
             stream_key: "testkey123".into(),
             role,
+            client: ClientFields {
+                flash_ver: Some(flash_ver.into()),
+                ..Default::default()
+            },
         })
     }
 

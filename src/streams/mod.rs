@@ -495,6 +495,7 @@ mod tests {
             tc_url: None,
             stream_key: key.into(),
             role,
+            client: Default::default(),
         }
     }
 
