@@ -41,6 +41,14 @@ pub struct Record {
     pub queue_wait_ms: u64,
     /// Why it ended; `null` on progress lines.
     pub reason: Option<Reason>,
+    /// The auth hook's answer (`allowed`, `denied`, `error_allowed`,
+    /// `error_denied`), when one was asked.
+    pub auth: Option<&'static str>,
+    /// How the media server was chosen: `policy`, `routed` (by the auth
+    /// hook), `sticky` (where the stream last ran), `takeover` (the slot
+    /// of the session it replaced) or `stream` (a player, where its
+    /// stream is).
+    pub placement: Option<&'static str>,
     /// Free text for people: the error behind a rejection or a failed
     /// side, or why an RTMP stream could not be identified.
     pub detail: Option<String>,

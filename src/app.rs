@@ -25,6 +25,7 @@ use pingora_load_balancing::{Backends, LoadBalancer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::access_log::{AccessLog, AccessLogError};
+use crate::auth::Auth;
 use crate::balancer::gauges::SlotGauges;
 use crate::balancer::redis::{SharedSlots, Store, StoreError};
 use crate::balancer::SlotTable;
@@ -40,6 +41,7 @@ use crate::lifecycle::{ExitFn, Lifecycle, SignalError, Signals};
 use crate::memory;
 use crate::metrics;
 use crate::protection::Protection;
+use crate::proxy::publishers::Publishers;
 use crate::proxy::{listener::Listener, Forwarded};
 use crate::runtime::RuntimeError;
 use crate::streams::shared::SharedStreams;
@@ -190,6 +192,7 @@ fn build_core(
     handoff: &Arc<Handoff>,
     streams: Arc<Directory>,
 ) -> Result<Core, StartError> {
+    let publishers = Publishers::new(proxy.sticky_for.get());
     let shared = match (&proxy.slots.store, &proxy.slots.url) {
         (SlotStore::Redis, Some(url)) => {
             let lease = proxy.slots.lease.get();
@@ -200,6 +203,7 @@ fn build_core(
                 proxy.connect_timeout.get(),
             )?;
             streams.set_shared(SharedStreams::start(store.clone(), lease));
+            publishers.set_fleet(store.clone());
             Some(SharedSlots::start(store, lease, table.clone(), url))
         }
         _ => None,
@@ -228,6 +232,8 @@ fn build_core(
         shared,
         access_log,
         streams,
+        auth: Auth::new(&proxy.auth),
+        publishers,
         protection,
         started: std::time::Instant::now(),
     })

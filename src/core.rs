@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::access_log::{AccessLog, AccessLogError};
+use crate::auth::Auth;
 use crate::balancer::redis::SharedSlots;
 use crate::balancer::Member;
 use crate::balancer::{policy, Limits, SlotTable};
-use crate::config::{Protocol, ProxyConfig, SendProxy};
+use crate::config::{DuplicatePublish, Protocol, ProxyConfig, SendProxy};
 use crate::discovery::static_member;
 use crate::lifecycle::handoff::Handoff;
 use crate::lifecycle::{ExitFn, Lifecycle};
 use crate::protection::Protection;
+use crate::proxy::publishers::Publishers;
 use crate::streams::Directory;
 
 pub struct Core {
@@ -30,6 +32,11 @@ pub struct Core {
     pub access_log: Arc<AccessLog>,
     /// Which stream runs where (`/streams`).
     pub streams: Arc<Directory>,
+    /// The platform's hooks (`proxy.auth`).
+    pub auth: Auth,
+    /// Live publishes and where streams last ran: takeovers and sticky
+    /// reconnects.
+    pub publishers: Arc<Publishers>,
     /// ECS scale-in protection, when enabled.
     pub protection: Option<Arc<Protection>>,
     pub started: Instant,
@@ -57,6 +64,8 @@ impl Core {
                 config.access_log_interval.get(),
             )?),
             streams,
+            auth: Auth::new(&config.auth),
+            publishers: Publishers::new(config.sticky_for.get()),
             protection: None,
             started: Instant::now(),
             table,
@@ -85,6 +94,7 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub stall_timeout: Duration,
     pub queue_timeout: Duration,
+    pub duplicate_publish: DuplicatePublish,
 }
 
 impl From<&ProxyConfig> for Settings {
@@ -97,6 +107,7 @@ impl From<&ProxyConfig> for Settings {
             idle_timeout: c.idle_timeout.get(),
             stall_timeout: c.stall_timeout.get(),
             queue_timeout: c.queue_timeout(),
+            duplicate_publish: c.duplicate_publish,
         }
     }
 }

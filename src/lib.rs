@@ -29,6 +29,9 @@
 //!   one socket and runtime per thread; [`proxy::rtmp`] runs the RTMP
 //!   front on a socket, the opening towards a media server and PROXY
 //!   headers.
+//! - [`auth`]: the HTTP auth hook asked before a publish or play
+//!   (nginx-rtmp's `on_publish` / `on_play` form), what its answer allows
+//!   and where it routes the stream, and a bounded cache of its answers.
 //! - [`reason`]: every way a client connection ends, one name each (the
 //!   metric label and the access log's `reason`).
 //! - [`streams`]: the stream directory (which stream runs on which
@@ -64,6 +67,7 @@
 
 pub mod access_log;
 pub mod app;
+pub mod auth;
 pub mod aws;
 pub mod backoff;
 pub mod balancer;

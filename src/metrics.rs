@@ -31,6 +31,16 @@ pub struct Metrics {
     build_info: IntGaugeVec,
     /// `protocol: rtmp`: connections whose `publish` or `play` was seen.
     pub streams_identified: IntCounterVec,
+    /// `proxy.auth`: hook answers, by call (publish, play) and result.
+    pub auth: IntCounterVec,
+    /// Of those, the ones answered from the cache.
+    pub auth_cached: IntCounter,
+    /// Publishes that took a live session of their stream over, by scope
+    /// (local: on this proxy; fleet: on another).
+    pub takeovers: IntCounterVec,
+    /// Publishers back within `sticky_for`: hit (same server), miss (it
+    /// was down or full).
+    pub sticky: IntCounterVec,
     /// Health and admin connections closed by us or on an error, by
     /// listener and reason.
     pub http_closed: IntCounterVec,
@@ -127,6 +137,29 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "rtmp_proxy_streams_identified_total",
         "Proxied RTMP connections whose publish or play was seen, by role.",
         &["role"]
+    )
+    .expect("metric registration"),
+    auth: register_int_counter_vec!(
+        "rtmp_proxy_auth_total",
+        "Auth hook answers, by call (publish, play) and result (allowed, denied, error_allowed, error_denied).",
+        &["call", "result"]
+    )
+    .expect("metric registration"),
+    auth_cached: register_int_counter!(
+        "rtmp_proxy_auth_cache_hits_total",
+        "Auth hook answers reused from the cache (proxy.auth.cache)."
+    )
+    .expect("metric registration"),
+    takeovers: register_int_counter_vec!(
+        "rtmp_proxy_takeovers_total",
+        "Publishes that took over a live session of the same stream, by where it ran (local, fleet).",
+        &["scope"]
+    )
+    .expect("metric registration"),
+    sticky: register_int_counter_vec!(
+        "rtmp_proxy_sticky_total",
+        "Publishers back within sticky_for: hit (same server again), miss (it was down or full).",
+        &["result"]
     )
     .expect("metric registration"),
     http_closed: register_int_counter_vec!(

@@ -20,6 +20,15 @@ pub enum Reason {
     ProtocolError,
     /// A `play` of a stream no media server is known to carry.
     StreamNotFound,
+    /// The auth hook (`proxy.auth`) denied the publish or play.
+    AuthDenied,
+    /// The auth hook failed (timeout, unreachable, 5xx, an answer not
+    /// understood) and `on_error` is `deny`.
+    AuthFailed,
+    /// The auth hook named a media server that is unknown, down or full.
+    RouteUnavailable,
+    /// A publish of a stream already live, with `duplicate_publish: reject`.
+    DuplicatePublish,
     /// The client closed while it waited in the queue.
     ClientLeft,
     /// The queue was full (or off) when the client arrived.
@@ -47,6 +56,9 @@ pub enum Reason {
     BackendStalled,
     /// `drain_timeout` passed, or SIGINT, and the stream was cut.
     ShutdownCut,
+    /// A new publisher of the same stream took the session over
+    /// (`duplicate_publish: takeover`).
+    Takeover,
 }
 
 impl Reason {
@@ -58,6 +70,10 @@ impl Reason {
             Reason::HandshakeIncomplete => "handshake_incomplete",
             Reason::ProtocolError => "protocol_error",
             Reason::StreamNotFound => "stream_not_found",
+            Reason::AuthDenied => "auth_denied",
+            Reason::AuthFailed => "auth_failed",
+            Reason::RouteUnavailable => "route_unavailable",
+            Reason::DuplicatePublish => "duplicate_publish",
             Reason::ClientLeft => "client_left",
             Reason::QueueFull => "queue_full",
             Reason::QueueTimeout => "queue_timeout",
@@ -70,6 +86,7 @@ impl Reason {
             Reason::IdleTimeout => "idle_timeout",
             Reason::BackendStalled => "backend_stalled",
             Reason::ShutdownCut => "shutdown_cut",
+            Reason::Takeover => "takeover",
         }
     }
 }

@@ -30,11 +30,13 @@ async fn publisher(proxy: &Proxy) -> TcpStream {
 /// answers, then an RTMP error (its description is checked with ffmpeg,
 /// in tests/rtmp.rs).
 async fn refused_publisher(proxy: &Proxy) -> TcpStream {
+    // Another key: a second publish of the same key would take over.
+    let publish = ffmpeg_publish_of("otherkey12");
     let mut s = proxy.connect().await;
-    s.write_all(&FFMPEG_PUBLISH[..RTMP_C0C1_LEN]).await.unwrap();
+    s.write_all(&publish[..RTMP_C0C1_LEN]).await.unwrap();
     let mut answer = vec![0u8; RTMP_C0C1_LEN + 1536];
     s.read_exact(&mut answer).await.unwrap();
-    s.write_all(&FFMPEG_PUBLISH[RTMP_C0C1_LEN..PUBLISH_END])
+    s.write_all(&publish[RTMP_C0C1_LEN..PUBLISH_END])
         .await
         .unwrap();
     assert!(

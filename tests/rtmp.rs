@@ -23,30 +23,12 @@ use tokio::sync::mpsc;
 
 const C0C1_LEN: usize = 1537;
 
-fn statics(lines: &[String]) -> String {
-    format!("  backends:\n    static:\n{}", lines.concat())
-}
-
-/// Where a publisher pushes `key` through the proxy (app `stream`).
-fn url(addr: SocketAddr, key: &str) -> String {
-    format!("rtmp://{addr}/stream/{key}")
-}
-
 /// A C0+C1 as a client sends it: version byte, then 1536 bytes.
 fn c0c1(version: u8, seed: u64) -> Vec<u8> {
     let mut b = vec![0u8; C0C1_LEN];
     Prng::new(seed).fill(&mut b);
     b[0] = version;
     b
-}
-
-/// `/streams` as JSON.
-async fn streams(proxy: &Proxy) -> Vec<Value> {
-    let (status, body) = http_get(proxy.admin, "/streams")
-        .await
-        .expect("GET /streams");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("/streams is JSON")
 }
 
 fn rejected(reason: &str) -> String {

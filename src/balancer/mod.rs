@@ -120,6 +120,27 @@ pub enum Rejection {
     HandedOff,
 }
 
+/// Why a backend named for a client has no slot for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Not a backend of the fleet (or one discovery has dropped).
+    Unknown,
+    /// Marked down by health checks or a failed connection.
+    Down,
+    /// Every slot is taken (or the global cap is reached).
+    Full,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unknown => "is not a media server of the fleet",
+            Self::Down => "is down",
+            Self::Full => "has no free slot",
+        })
+    }
+}
+
 /// Limits that do not belong to one backend.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -238,6 +259,31 @@ impl SlotTable {
     pub fn try_acquire_excluding(self: &Arc<Self>, tried: &[SocketAddr]) -> Option<Slot> {
         let addr = self.lock().take(self.limits.global_cap, tried)?;
         Some(Slot::new(self, addr))
+    }
+
+    /// Takes a free slot on `addr` itself, without queueing: a stream
+    /// routed there by the platform, or going back where it was.
+    pub fn try_acquire_on(self: &Arc<Self>, addr: SocketAddr) -> Result<Slot, Unavailable> {
+        let mut inner = self.lock();
+        let i = inner
+            .backends
+            .iter()
+            .position(|b| b.member.addr == addr && b.present)
+            .ok_or(Unavailable::Unknown)?;
+        let b = &inner.backends[i];
+        if !b.healthy {
+            return Err(Unavailable::Down);
+        }
+        let capped = self
+            .limits
+            .global_cap
+            .is_some_and(|cap| inner.active_total >= cap);
+        if inner.frozen || capped || !b.has_free_slot() {
+            return Err(Unavailable::Full);
+        }
+        inner.take_at(i);
+        drop(inner);
+        Ok(Slot::new(self, addr))
     }
 
     /// Replaces the set of present backends with `members`, in order.
@@ -561,12 +607,17 @@ impl Inner {
             })
             .collect();
         let picked = self.policy.pick(&candidates).min(eligible.len() - 1);
-        let b = &mut self.backends[eligible[picked]];
+        Some(self.take_at(eligible[picked]))
+    }
+
+    /// Takes one slot of backend `i`, which has a free one.
+    fn take_at(&mut self, i: usize) -> SocketAddr {
+        let b = &mut self.backends[i];
         b.active += 1;
         let addr = b.member.addr;
         self.active_total += 1;
         self.notify(SlotEvent::Take(addr));
-        Some(addr)
+        addr
     }
 }
 
@@ -641,6 +692,24 @@ mod tests {
     }
 
     const NOW: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_named_backend_gives_its_own_slot_or_says_why_not() {
+        let (a, b) = (member(1, 1), member(2, 1));
+        let t = table(Balance::Roundrobin, &[a.clone(), b.clone()], 0);
+        let held = t.try_acquire_on(b.addr);
+        assert_eq!(held.as_ref().map(Slot::addr).ok(), Some(b.addr));
+        assert_eq!(t.try_acquire_on(b.addr).err(), Some(Unavailable::Full));
+        let elsewhere = SocketAddr::from(([127, 0, 0, 1], 9));
+        assert_eq!(
+            t.try_acquire_on(elsewhere).err(),
+            Some(Unavailable::Unknown)
+        );
+        t.set_health(a.addr, false, "test");
+        assert_eq!(t.try_acquire_on(a.addr).err(), Some(Unavailable::Down));
+        drop(held);
+        assert!(t.try_acquire_on(b.addr).is_ok());
+    }
 
     #[tokio::test]
     async fn caps_are_exact_and_slots_come_back() {

@@ -150,6 +150,11 @@ impl Store {
         self.degraded.load(Ordering::SeqCst)
     }
 
+    /// For pub/sub, which takes a connection of its own.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn set_degraded(&self, degraded: bool, why: &str) {
         if self.degraded.swap(degraded, Ordering::SeqCst) != degraded {
             crate::metrics::get()

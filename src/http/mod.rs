@@ -76,6 +76,13 @@ struct Status {
     accepted_total: u64,
     served_total: u64,
     rejected_total: u64,
+    /// Publishes and plays the auth hook denied, or that failed with
+    /// `on_error: deny`.
+    auth_denied_total: u64,
+    /// Publishes that took over a live session of their stream.
+    takeovers_total: u64,
+    /// Publishers that went back to their last server (`sticky_for`).
+    sticky_hits_total: u64,
     /// The last rejections, oldest first (access log records).
     recent_rejections: Vec<Record>,
 }
@@ -102,6 +109,12 @@ impl Admin {
             accepted_total: m.accepted.get(),
             served_total: m.served.get(),
             rejected_total: rejected,
+            auth_denied_total: ["auth_denied", "auth_failed"]
+                .iter()
+                .map(|r| m.rejected.with_label_values(&[r]).get())
+                .sum(),
+            takeovers_total: metrics::sum(&m.takeovers),
+            sticky_hits_total: m.sticky.with_label_values(&["hit"]).get(),
             recent_rejections: self.core.access_log.recent_rejections(),
         }
     }

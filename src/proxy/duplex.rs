@@ -51,6 +51,8 @@ pub enum End {
     BackendStalled,
     /// The process stopped draining (`drain_timeout`) and cut the stream.
     ShutdownCut,
+    /// A new publisher of the stream took over.
+    TakenOver,
 }
 
 impl End {
@@ -63,7 +65,28 @@ impl End {
             End::Idle => Reason::IdleTimeout,
             End::BackendStalled => Reason::BackendStalled,
             End::ShutdownCut => Reason::ShutdownCut,
+            End::TakenOver => Reason::Takeover,
         }
+    }
+}
+
+/// What ends a stream from outside: the drain's `cut`, or a newcomer
+/// taking the stream over (`kick`).
+pub async fn interrupted(mut cut: watch::Receiver<bool>, kick: impl Future<Output = ()>) -> End {
+    let cut_fired = async {
+        loop {
+            if *cut.borrow_and_update() {
+                return;
+            }
+            // No one can cut any more.
+            if cut.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = cut_fired => End::ShutdownCut,
+        () = kick => End::TakenOver,
     }
 }
 
@@ -154,6 +177,8 @@ pub struct Timers {
 /// `progress` every `timers.progress` meanwhile. With `rewrite`, the
 /// client gets the backend's bytes as it rewrites them.
 ///
+/// `stop` ends the stream from outside ([`interrupted`]).
+///
 /// After [`End::Closed`] the caller drops both sides at once: the last
 /// FIN is left to that close rather than paid for with a `shutdown` call.
 ///
@@ -165,7 +190,7 @@ pub async fn run<C, B>(
     backend: &mut B,
     flow: &Flow,
     timers: Timers,
-    mut cut: watch::Receiver<bool>,
+    stop: impl Future<Output = End>,
     mut progress: impl FnMut(),
     rewrite: Option<Rewrite>,
 ) -> End
@@ -192,12 +217,13 @@ where
         }
     });
     tokio::pin!(copy);
-    if *cut.borrow_and_update() {
-        return End::ShutdownCut;
+    tokio::pin!(stop);
+    // Cut before it began: not a byte.
+    if let Poll::Ready(end) = futures::poll!(stop.as_mut()) {
+        return end;
     }
-    // The idle check, progress and the cut, on one timer and one channel.
+    // The idle check, progress and an end from outside, on one timer.
     let watchdog = async {
-        let mut cut_open = true;
         let step = (timers.idle.min(timers.stall) / 8).max(Duration::from_millis(1));
         let every = timers.progress.max(Duration::from_millis(1));
         let now = Instant::now();
@@ -207,12 +233,7 @@ where
         tokio::pin!(tick);
         loop {
             tokio::select! {
-                changed = cut.changed(), if cut_open => match changed {
-                    Ok(()) if *cut.borrow_and_update() => return End::ShutdownCut,
-                    Ok(()) => {}
-                    // No one can cut any more.
-                    Err(_) => cut_open = false,
-                },
+                end = &mut stop => return end,
                 () = &mut tick => {
                     let now = Instant::now();
                     if now >= next_check {
@@ -505,7 +526,16 @@ mod tests {
     /// does.
     async fn proxy(mut client: DuplexStream, mut backend: DuplexStream, f: &Flow) -> End {
         let (_keep, cut) = watch::channel(false);
-        run(&mut client, &mut backend, f, timers(5), cut, || {}, None).await
+        run(
+            &mut client,
+            &mut backend,
+            f,
+            timers(5),
+            interrupted(cut, std::future::pending()),
+            || {},
+            None,
+        )
+        .await
     }
 
     #[tokio::test]
@@ -561,7 +591,7 @@ mod tests {
             &mut proxy_backend,
             &f,
             timers(5),
-            cut,
+            interrupted(cut, std::future::pending()),
             || {},
             Some(rewrite),
         );
@@ -637,7 +667,7 @@ mod tests {
             &mut proxy_backend,
             &f,
             timers,
-            cut,
+            interrupted(cut, std::future::pending()),
             || reports += 1,
             None,
         );
@@ -664,7 +694,7 @@ mod tests {
             &mut proxy_backend,
             &f,
             timers(30),
-            cut,
+            interrupted(cut, std::future::pending()),
             || {},
             None,
         )
@@ -716,7 +746,7 @@ mod tests {
                 &mut proxy_backend,
                 &f,
                 timers,
-                cut,
+                interrupted(cut, std::future::pending()),
                 || {},
                 None,
             );

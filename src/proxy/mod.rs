@@ -6,18 +6,25 @@
 //! 1. **front** (`protocol: rtmp`): the proxy answers the handshake and
 //!    the commands up to `publish` or `play` itself, so it knows app, key
 //!    and role before anything is spent on the client ([`rtmp::front`]);
-//! 2. **admit**: a publisher's slot, waiting in the queue if the fleet is
-//!    full, and with a Redis store its shared lease; the client is watched
-//!    while it waits (`watch`). A player takes no slot: it is **routed**
-//!    to the server that carries its stream;
-//! 3. **connect**: to the slot's backend, which gets what the client sent
+//! 2. **authorize** (`proxy.auth`): the platform's hook allows or denies
+//!    the publish or play, and may name its server or rename it;
+//! 3. **claim**: a publish of a stream already live takes the old
+//!    session's slot over (or is refused); a stream the hook routed, or
+//!    one that ran on a server moments ago, takes a slot there
+//!    ([`publishers`]);
+//! 4. **admit**: otherwise a publisher's slot by the policy, waiting in
+//!    the queue if the fleet is full, and with a Redis store its shared
+//!    lease; the client is watched while it waits (`watch`). A player
+//!    takes no slot: it is **routed** to the server that carries its
+//!    stream;
+//! 5. **connect**: to the slot's backend, which gets what the client sent
 //!    and in `rtmp` mode must take the stream ([`rtmp::Opening`]); other
 //!    backends are tried on failure ([`backend`]);
-//! 4. **splice**: bytes both ways until one side ends ([`duplex`]), the
+//! 6. **splice**: bytes both ways until one side ends ([`duplex`]), the
 //!    server's rewritten for the client in `rtmp` mode, the stream entered
 //!    in the directory ([`rtmp::register`]); then the backend side is
 //!    closed;
-//! 5. **finish**: the slot is freed (after the backend's close, so a media
+//! 7. **finish**: the slot is freed (after the backend's close, so a media
 //!    server never sees the old and the next connection overlap), and the
 //!    outcome is counted and logged with its [`Reason`], in one place. A
 //!    client refused after the front is told why in RTMP first.
@@ -25,16 +32,18 @@
 pub mod backend;
 pub mod duplex;
 pub mod listener;
+pub mod publishers;
 pub mod rtmp;
 mod watch;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use log::{debug, warn};
+use log::{debug, info, warn};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::io::AsyncWriteExt;
@@ -42,9 +51,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::access_log::Record;
+use crate::auth::{Call, Outcome as AuthOutcome, Verdict};
 use crate::balancer::redis::{Lease, LeaseOutcome};
-use crate::balancer::{Rejection, Slot};
-use crate::config::Protocol;
+use crate::balancer::{Rejection, Slot, Unavailable};
+use crate::config::{DuplicatePublish, Protocol};
 use crate::core::Core;
 use crate::lifecycle::handoff::ForwardedClient;
 use crate::lifecycle::SessionGuard;
@@ -53,13 +63,26 @@ pub use crate::reason::Reason;
 use crate::rtmp::command::Status;
 use crate::rtmp::rechunk::{self, Rechunker};
 use crate::rtmp::{redact, Role};
-use crate::streams::{app_name, display_app, Registration};
+use crate::streams::{app_name, display_app, shared_id, Registration};
 use backend::ConnectError;
 use duplex::{End, Flow, Side};
+use publishers::Handover;
 use rtmp::Greeted;
 
 /// How long a refused client gets to read its RTMP error before the close.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Longest wait for a session taken over to end: its media server's close
+/// (at most `backend::BACKEND_CLOSE_WAIT`), or on another proxy, its
+/// entry leaving the shared directory.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a newcomer looks whether another proxy's session it took
+/// over has left the shared directory.
+const TAKEOVER_POLL: Duration = Duration::from_millis(50);
+
+/// Numbers connections, as nginx-rtmp's `clientid` does.
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one client; `pending` holds bytes already read from it (by an
 /// older process, for a client it passed on).
@@ -72,10 +95,13 @@ pub async fn serve(core: &Core, client: TcpStream, peer: String, pending: Vec<u8
         pending,
         ctx: Context {
             peer,
+            client_id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             ..Context::default()
         },
         taken: None,
         greeted: None,
+        live: None,
+        handover: None,
     };
     connection.run().await;
 }
@@ -95,6 +121,11 @@ struct Connection<'a> {
     /// like the RTMP phases' futures, so that a connection in `tcp` mode
     /// (and an idle one in either) carries none of it.
     greeted: Option<Box<Greeted>>,
+    /// A publish, from the splice on: what a newcomer of its stream takes
+    /// over, and where the stream ran for `sticky_for`.
+    live: Option<publishers::Entry>,
+    /// Taken over by a newcomer on this proxy: where the slot goes.
+    handover: Option<Handover>,
 }
 
 /// A backend connection that has taken the client.
@@ -111,6 +142,8 @@ struct Linked {
 struct Context {
     /// The client's address.
     peer: String,
+    /// This process's number for the connection (the hook's `clientid`).
+    client_id: u64,
     /// Time spent waiting for a slot.
     waited: Duration,
     backend: Option<SocketAddr>,
@@ -119,6 +152,13 @@ struct Context {
     stream: Option<Registration>,
     /// The last media server's refusal of the stream, for the client.
     declined: Option<Box<Status>>,
+    /// From the front on: app, redacted key and role, for the log records
+    /// of a connection refused before it is in the directory.
+    named: Option<Box<(String, String, &'static str)>>,
+    /// The auth hook's answer, when one was asked.
+    auth: Option<&'static str>,
+    /// How the backend was chosen (the access log's `placement`).
+    placement: Option<&'static str>,
 }
 
 /// Why the phases stopped before a backend was reached.
@@ -161,9 +201,10 @@ impl Connection<'_> {
             taken,
             session: _session,
             mut client,
+            handover,
             ..
         } = self;
-        ctx.finish(core, taken, outcome).await;
+        ctx.finish(core, taken, outcome, handover).await;
         if told {
             linger(&mut client).await;
         }
@@ -173,12 +214,23 @@ impl Connection<'_> {
         if self.core.settings.protocol == Protocol::Rtmp {
             Box::pin(self.front()).await?;
         }
+        if self.greeted.is_some() {
+            Box::pin(self.authorize()).await?;
+        }
         let play = self.greeted.as_ref().map(|g| &g.info.role) == Some(&Role::Play);
         let linked = if play {
             Box::pin(self.route()).await?
         } else {
-            let taken = self.admit().await?;
-            self.connect(taken).await?
+            let claimed = match self.greeted.is_some() {
+                true => Box::pin(self.claim()).await?,
+                false => None,
+            };
+            let pinned = claimed.as_ref().is_some_and(|c| c.1);
+            let taken = match claimed {
+                Some((taken, _)) => taken,
+                None => self.admit().await?,
+            };
+            self.connect(taken, pinned).await?
         };
         Ok(self.splice(linked).await)
     }
@@ -193,29 +245,241 @@ impl Connection<'_> {
                 .streams_identified
                 .with_label_values(&[g.info.role.label()])
                 .inc();
+            self.ctx.named = Some(Box::new((
+                display_app(&g.info.app),
+                redact(&g.info.stream_key),
+                g.info.role.label(),
+            )));
         }
         self.greeted = greeted.map(Box::new);
         Ok(())
     }
 
-    /// A player goes to the server that carries its stream: this process's
-    /// publisher, or with a Redis store any proxy's.
+    /// `proxy.auth`: the platform allows or denies the publish or play,
+    /// and may name its server or rename the stream.
+    async fn authorize(&mut self) -> Result<(), Stop> {
+        let Some(g) = &mut self.greeted else {
+            return Ok(());
+        };
+        let auth = &self.core.auth;
+        if !auth.asks(&g.info.role) {
+            return Ok(());
+        }
+        let addr = self
+            .client
+            .peer_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let call = Call {
+            info: &g.info,
+            addr,
+            client_id: self.ctx.client_id,
+        };
+        let decision = auth.ask(&call).await;
+        let m = metrics::get();
+        let result = decision.outcome.label();
+        m.auth
+            .with_label_values(&[g.info.role.label(), result])
+            .inc();
+        if decision.cached {
+            m.auth_cached.inc();
+        }
+        self.ctx.auth = Some(result);
+        let directions = match decision.verdict {
+            Verdict::Allow(d) => d,
+            Verdict::Deny => {
+                let reason = match decision.outcome {
+                    AuthOutcome::FailedDenied => Reason::AuthFailed,
+                    _ => Reason::AuthDenied,
+                };
+                return Err(Stop::Rejected(reason, decision.detail));
+            }
+        };
+        if let Some(name) = directions.rename {
+            let cut = rtmp::CLIENT_HANDSHAKE_LEN;
+            let (handshake, stream) = self.pending.split_at(cut.min(self.pending.len()));
+            let Some(renamed) = g.front.rename(stream, &name) else {
+                return Err(Stop::Rejected(
+                    Reason::AuthFailed,
+                    "the auth hook renamed the stream, but the client's command could not be rewritten".into(),
+                ));
+            };
+            let mut replay = handshake.to_vec();
+            replay.extend_from_slice(&renamed);
+            g.replay = Some(replay);
+            g.info.stream_key = name;
+            if let Some(named) = &mut self.ctx.named {
+                named.1 = redact(&g.info.stream_key);
+            }
+        }
+        g.routed = directions.backends;
+        g.routed_as = directions.backend_named;
+        Ok(())
+    }
+
+    /// A publish of a stream that is live already takes the old session
+    /// over, slot and all (or is refused); one the hook routed takes a
+    /// slot on its server or none; one that ran on a server moments ago
+    /// goes back there if it can. `None`: the policy chooses. The flag
+    /// says the slot is the only one the stream may have.
+    async fn claim(&mut self) -> Result<Option<(Taken, bool)>, Stop> {
+        let Some(g) = &self.greeted else {
+            return Ok(None);
+        };
+        let core = self.core;
+        let (app, key) = (app_name(&g.info.app), g.info.stream_key.as_str());
+        let id = shared_id(app, key);
+        let mut prefer = None;
+        let mut taken_over = None;
+        let elsewhere = if core.publishers.is_live(&id) {
+            None
+        } else {
+            core.streams
+                .find_shared(app, key)
+                .await
+                .filter(|v| v.get("role").and_then(|r| r.as_str()) == Some("publish"))
+                .and_then(|v| v.get("backend")?.as_str()?.parse::<SocketAddr>().ok())
+        };
+        if core.publishers.is_live(&id) || elsewhere.is_some() {
+            if core.settings.duplicate_publish == DuplicatePublish::Reject {
+                let why = format!(
+                    "{}/{} is already being published",
+                    display_app(app),
+                    redact(key)
+                );
+                return Err(Stop::Rejected(Reason::DuplicatePublish, why));
+            }
+            let scope = if elsewhere.is_some() {
+                "fleet"
+            } else {
+                "local"
+            };
+            metrics::get().takeovers.with_label_values(&[scope]).inc();
+            info!(
+                "{}: takes over {}/{}",
+                self.ctx.peer,
+                display_app(app),
+                redact(key)
+            );
+            match elsewhere {
+                None => taken_over = self.take_over_here(&id).await,
+                Some(addr) => {
+                    core.publishers.take_over_elsewhere(&id);
+                    let gone = async {
+                        while core.streams.find_shared(app, key).await.is_some() {
+                            tokio::time::sleep(TAKEOVER_POLL).await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(TAKEOVER_WAIT, gone).await;
+                    prefer = Some(addr);
+                }
+            }
+        }
+        if !g.routed.is_empty() {
+            if let Some(t) = taken_over.take() {
+                if !g.routed.contains(&t.slot.addr()) {
+                    t.release().await;
+                } else {
+                    taken_over = Some(t);
+                }
+            }
+            let taken = match taken_over {
+                Some(t) => t,
+                None => self.take_routed().await?,
+            };
+            self.ctx.placement = Some("routed");
+            return Ok(Some((taken, true)));
+        }
+        if let Some(t) = taken_over {
+            self.ctx.placement = Some("takeover");
+            return Ok(Some((t, false)));
+        }
+        let sticky = match prefer {
+            Some(addr) => Some(addr),
+            None => core.publishers.recall(&id).await,
+        };
+        let Some(addr) = sticky else {
+            return Ok(None);
+        };
+        let slot = core.table.try_acquire_on(addr).ok();
+        let taken = match slot {
+            Some(slot) => lease(core, slot).await,
+            None => None,
+        };
+        let placement = if prefer.is_some() {
+            "takeover"
+        } else {
+            "sticky"
+        };
+        let result = if taken.is_some() { "hit" } else { "miss" };
+        if prefer.is_none() {
+            metrics::get().sticky.with_label_values(&[result]).inc();
+        }
+        Ok(taken.map(|t| {
+            self.ctx.placement = Some(placement);
+            (t, false)
+        }))
+    }
+
+    /// The slot of this proxy's live session of `id`, once its media
+    /// server has seen it close.
+    async fn take_over_here(&self, id: &str) -> Option<Taken> {
+        let slot = self.core.publishers.take_over(id)?;
+        match tokio::time::timeout(TAKEOVER_WAIT, slot).await {
+            Ok(Ok(taken)) => Some(taken),
+            _ => None,
+        }
+    }
+
+    /// A slot on the server the auth hook named, or why there is none:
+    /// never a silent fallback to another.
+    async fn take_routed(&self) -> Result<Taken, Stop> {
+        let Some(g) = &self.greeted else {
+            return Err(Stop::Rejected(Reason::RouteUnavailable, "no route".into()));
+        };
+        let core = self.core;
+        let named = g.routed_as.as_deref().unwrap_or("the named server");
+        let mut why = Unavailable::Unknown;
+        for &addr in &g.routed {
+            match core.table.try_acquire_on(addr) {
+                Ok(slot) => match lease(core, slot).await {
+                    Some(taken) => return Ok(taken),
+                    None => why = Unavailable::Full,
+                },
+                // The most telling of the addresses' answers.
+                Err(e) if why == Unavailable::Unknown => why = e,
+                Err(_) => {}
+            }
+        }
+        Err(Stop::Rejected(
+            Reason::RouteUnavailable,
+            format!("the media server the platform chose, {named}, {why}"),
+        ))
+    }
+
+    /// A player goes to the server the hook named, or else to the server
+    /// that carries its stream: this process's publisher, or with a Redis
+    /// store any proxy's.
     async fn route(&mut self) -> Result<Linked, Stop> {
         let Some(g) = &self.greeted else {
             return Err(Stop::Rejected(Reason::StreamNotFound, "no stream".into()));
         };
         let (app, key) = (app_name(&g.info.app), g.info.stream_key.as_str());
         let streams = &self.core.streams;
-        let local = streams
-            .find(app, key)
-            .filter(|v| v.role.as_deref() == Some("publish"))
-            .map(|v| v.backend);
-        let found = match local {
-            Some(addr) => Some(addr),
-            None => streams
-                .find_shared(app, key)
-                .await
-                .and_then(|v| v.get("backend")?.as_str()?.parse::<SocketAddr>().ok()),
+        let found = match g.routed.first() {
+            Some(&addr) => Some(addr),
+            None => {
+                let local = streams
+                    .find(app, key)
+                    .filter(|v| v.role.as_deref() == Some("publish"))
+                    .map(|v| v.backend);
+                match local {
+                    Some(addr) => Some(addr),
+                    None => streams
+                        .find_shared(app, key)
+                        .await
+                        .and_then(|v| v.get("backend")?.as_str()?.parse::<SocketAddr>().ok()),
+                }
+            }
         };
         let Some(addr) = found else {
             let why = format!(
@@ -225,11 +489,16 @@ impl Connection<'_> {
             );
             return Err(Stop::Rejected(Reason::StreamNotFound, why));
         };
+        self.ctx.placement = Some(if g.routed.is_empty() {
+            "stream"
+        } else {
+            "routed"
+        });
         let opening = rtmp::opening(
             &self.core.settings,
             || rtmp::addresses(&self.client),
             &self.ctx.peer,
-            &self.pending,
+            g.replay.as_deref().unwrap_or(&self.pending),
         );
         match self.attempt(addr, &opening).await {
             Ok(linked) => {
@@ -287,6 +556,9 @@ impl Connection<'_> {
         let play = g.info.role == Role::Play;
         let code = match (&self.ctx.declined, reason) {
             (_, Reason::StreamNotFound) => "NetStream.Play.StreamNotFound",
+            // nginx-rtmp's code for "Already publishing".
+            (_, Reason::DuplicatePublish) => "NetStream.Publish.BadName",
+            (_, Reason::AuthDenied | Reason::AuthFailed) if !play => "NetStream.Publish.Denied",
             (Some(status), Reason::ConnectFailed) => status.code.as_str(),
             _ if play => "NetStream.Play.Failed",
             _ => "NetStream.Failed",
@@ -364,13 +636,14 @@ impl Connection<'_> {
     /// taken the client; on failure the other eligible backends are tried
     /// once each, and a backend that failed (rather than declined the
     /// stream) is marked down.
-    async fn connect(&mut self, mut taken: Taken) -> Result<Linked, Stop> {
+    async fn connect(&mut self, mut taken: Taken, pinned: bool) -> Result<Linked, Stop> {
         let table = &self.core.table;
+        let replay = self.greeted.as_ref().and_then(|g| g.replay.as_deref());
         let opening = rtmp::opening(
             &self.core.settings,
             || rtmp::addresses(&self.client),
             &self.ctx.peer,
-            &self.pending,
+            replay.unwrap_or(&self.pending),
         );
         let mut tried = Vec::new();
         loop {
@@ -398,6 +671,10 @@ impl Connection<'_> {
                 self.ctx.declined = Some(Box::new(status));
             }
             taken.release().await;
+            if pinned {
+                let why = format!("the media server the platform chose, {addr}, {why}");
+                return Err(Stop::Rejected(Reason::ConnectFailed, why));
+            }
             taken = loop {
                 let Some(slot) = table.try_acquire_excluding(&tried) else {
                     let why = match &self.ctx.declined {
@@ -448,6 +725,30 @@ impl Connection<'_> {
             .greeted
             .as_ref()
             .map(|g| rtmp::register(streams, &flow, &self.ctx.peer, backend_addr, &g.info));
+        if self.ctx.placement.is_none() && self.taken.is_some() {
+            self.ctx.placement = Some("policy");
+        }
+        // A publish can be taken over from now on.
+        let kick = match &self.greeted {
+            Some(g) if g.info.role != Role::Play => {
+                let id = shared_id(app_name(&g.info.app), &g.info.stream_key);
+                let (entry, kick) = self.core.publishers.enter(id, backend_addr);
+                self.live = Some(entry);
+                Some(kick)
+            }
+            _ => None,
+        };
+        let handover = &mut self.handover;
+        let kicked = async move {
+            match kick {
+                Some(kick) => match kick.await {
+                    Ok(to) => *handover = to,
+                    // Its entry is gone without a takeover: never fires.
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
 
         flow.count(Side::Client, self.pending.len());
         // Sent, and no other backend will need it.
@@ -464,13 +765,13 @@ impl Connection<'_> {
         let end = match self.client.write_all(&first).await {
             Ok(()) => {
                 let progress = || access_log.write(ctx.record("progress", None));
-                let cut = lifecycle.cut_signal();
+                let stop = duplex::interrupted(lifecycle.cut_signal(), kicked);
                 duplex::run(
                     &mut self.client,
                     &mut backend,
                     &flow,
                     timers,
-                    cut,
+                    stop,
                     progress,
                     rewrite,
                 )
@@ -507,12 +808,12 @@ impl Connection<'_> {
             pending,
             ctx,
             taken,
-            greeted: _,
+            ..
         } = self;
         if let Err((_client, _session)) = core.handoff.forward(client, &ctx.peer, pending, session)
         {
             let why = "no new process to pass the client to".to_owned();
-            ctx.finish(core, taken, Outcome::Rejected(Reason::HandedOff, why))
+            ctx.finish(core, taken, Outcome::Rejected(Reason::HandedOff, why), None)
                 .await;
         }
     }
@@ -520,11 +821,32 @@ impl Connection<'_> {
 
 impl Context {
     /// Frees the slot, then counts and logs the outcome: every connection
-    /// that was not handed over ends here.
-    async fn finish(self, core: &Core, taken: Option<Taken>, outcome: Outcome) {
+    /// that was not handed over ends here. A session taken over by a
+    /// newcomer on this proxy is counted and leaves the directory first,
+    /// then gives its slot to the newcomer.
+    async fn finish(
+        self,
+        core: &Core,
+        taken: Option<Taken>,
+        outcome: Outcome,
+        handover: Option<Handover>,
+    ) {
+        let Some(handover) = handover else {
+            if let Some(taken) = taken {
+                taken.release().await;
+            }
+            return self.account(core, outcome);
+        };
+        self.account(core, outcome);
         if let Some(taken) = taken {
-            taken.release().await;
+            if let Err(unwanted) = handover.send(taken) {
+                unwanted.release().await;
+            }
         }
+    }
+
+    /// Counts and logs how the connection ended.
+    fn account(self, core: &Core, outcome: Outcome) {
         let ctx = &self;
         let m = metrics::get();
         let access_log = &core.access_log;
@@ -582,6 +904,7 @@ impl Context {
             )
         });
         let view = self.stream.as_ref().and_then(Registration::view);
+        let named = self.named.as_deref();
         Record {
             event,
             client: self.peer.clone(),
@@ -591,9 +914,19 @@ impl Context {
             duration_ms,
             queue_wait_ms: self.waited.as_millis() as u64,
             reason,
-            app: view.as_ref().and_then(|v| v.app.clone()),
-            key: view.as_ref().and_then(|v| v.key.clone()),
-            role: view.and_then(|v| v.role),
+            app: view
+                .as_ref()
+                .and_then(|v| v.app.clone())
+                .or_else(|| named.map(|n| n.0.clone())),
+            key: view
+                .as_ref()
+                .and_then(|v| v.key.clone())
+                .or_else(|| named.map(|n| n.1.clone())),
+            role: view
+                .and_then(|v| v.role)
+                .or_else(|| named.map(|n| n.2.to_owned())),
+            auth: self.auth,
+            placement: self.placement,
             ..Default::default()
         }
     }
@@ -641,7 +974,7 @@ async fn lease(core: &Core, slot: Slot) -> Option<Taken> {
 }
 
 /// A backend slot and, with a Redis store, its shared lease.
-struct Taken {
+pub struct Taken {
     slot: Slot,
     lease: Option<Lease>,
 }

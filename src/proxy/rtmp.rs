@@ -112,7 +112,17 @@ impl fmt::Display for GateError {
 pub struct Greeted {
     pub front: Front,
     pub info: StreamInfo,
+    /// Sent to media servers instead of the client's bytes: the stream
+    /// renamed by the auth hook.
+    pub replay: Option<Vec<u8>>,
+    /// The servers the auth hook named (addresses of one name).
+    pub routed: Vec<SocketAddr>,
+    /// That name, as the hook wrote it.
+    pub routed_as: Option<String>,
 }
+
+/// The client's handshake (C0+C1, C2): what precedes its chunk stream.
+pub const CLIENT_HANDSHAKE_LEN: usize = C0C1_LEN + C2_LEN;
 
 /// `rtmp` mode: answers the client's handshake and commands until its
 /// `publish` or `play`, reading into `pending`, which then holds every
@@ -151,7 +161,15 @@ pub async fn front<S: AsyncRead + AsyncWrite + Unpin>(
             fed = pending.len();
             match progress {
                 Progress::NeedMore => read_at_least(client, pending, fed.saturating_add(1)).await?,
-                Progress::Found(info) => return Ok(Some(Greeted { front, info })),
+                Progress::Found(info) => {
+                    return Ok(Some(Greeted {
+                        front,
+                        info,
+                        replay: None,
+                        routed: Vec::new(),
+                        routed_as: None,
+                    }))
+                }
                 Progress::Unknown(why) => return Err(GateError::NotUnderstood(why)),
             }
         }
@@ -248,7 +266,7 @@ pub fn opening<'a>(
         header,
         // After its handshake, which the proxy answered.
         bytes: if rtmp {
-            pending.get(C0C1_LEN + C2_LEN..).unwrap_or_default()
+            pending.get(CLIENT_HANDSHAKE_LEN..).unwrap_or_default()
         } else {
             pending
         },

@@ -66,6 +66,34 @@ pub struct Message<'a> {
     pub payload: &'a [u8],
 }
 
+/// How the message last returned by [`ChunkDecoder::next`] sat in the
+/// chunk stream, for a caller that rewrites that one message and copies
+/// every other byte (see `Front::rename`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// Offset of its first chunk header, counting every byte the decoder
+    /// was given since it was created.
+    pub start: u64,
+    /// Offset just past its last byte: `start..end` holds all its chunks.
+    pub end: u64,
+    /// No chunk of another chunk stream lies inside `start..end`, so the
+    /// range holds this message's chunks and nothing else.
+    pub contiguous: bool,
+    pub csid: u32,
+    /// Message stream id, from the last type 0 header on `csid` (0 if the
+    /// chunk stream started with a type 1 header).
+    pub msid: u32,
+    /// Absolute timestamp, as ffmpeg and nginx-rtmp compute it: type 0
+    /// sets it, types 1 and 2 add their delta, a type 3 header starting a
+    /// message adds the last timestamp field again.
+    pub timestamp: u32,
+    pub msg_type: u8,
+    /// Chunk size in force when the message completed; for a contiguous
+    /// message, the one its chunks were cut at (a Set Chunk Size in between
+    /// would be a chunk of chunk stream 2 inside the range).
+    pub chunk_size: u32,
+}
+
 /// Per chunk stream id state: headers of type 1/2/3 inherit fields from the
 /// previous header on the same csid (spec 5.3.1.2), and each csid has its own
 /// in-progress message, since chunks of different csids interleave.
@@ -81,6 +109,18 @@ struct ChunkStream {
     received: u32,
     /// Only filled for buffered types; grows as bytes arrive.
     payload: Vec<u8>,
+    /// Absolute timestamp of the current message: type 0 sets it, types
+    /// 1 and 2 add their delta, and a type 3 header that starts a message
+    /// adds the last timestamp field again (absolute after a type 0), as
+    /// ffmpeg, librtmp and nginx-rtmp read it (and as [`super::rechunk`]).
+    timestamp: u32,
+    /// The last timestamp field: absolute after type 0, a delta otherwise.
+    ts_field: u32,
+    msid: u32,
+    /// Input offset of the current message's first chunk header.
+    start: u64,
+    /// No other chunk stream's chunk came since `start`.
+    contiguous: bool,
 }
 
 enum State {
@@ -105,6 +145,13 @@ pub struct ChunkDecoder {
     state: State,
     /// Payload of the message last returned by `next`.
     done: Vec<u8>,
+    /// Bytes consumed so far: the offsets of [`Framing`].
+    pos: u64,
+    /// Slot of the chunk stream of the last chunk header, to tell whether
+    /// a continuation chunk follows its own chunk stream's previous chunk.
+    last_slot: Option<usize>,
+    /// Of the message last returned by `next`.
+    framing: Option<Framing>,
 }
 
 impl Default for ChunkDecoder {
@@ -145,7 +192,21 @@ impl ChunkDecoder {
                 len: 0,
             },
             done: Vec::new(),
+            pos: 0,
+            last_slot: None,
+            framing: None,
         }
+    }
+
+    /// Chunk size the peer's chunks are cut at now.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// Where the message last returned by [`Self::next`] was, and its
+    /// header fields; `None` before the first.
+    pub fn framing(&self) -> Option<Framing> {
+        self.framing
     }
 
     /// Consumes bytes from `input` until a message of a buffered type
@@ -188,6 +249,11 @@ impl ChunkDecoder {
                 }
                 *len = end;
                 *input = rest;
+                // Saturating: 2^64 bytes never come, and offsets past that
+                // only make a rewrite refuse (the range no longer fits).
+                self.pos = self
+                    .pos
+                    .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
             },
             State::Body { slot, remaining } => {
                 let slot = *slot;
@@ -198,6 +264,7 @@ impl ChunkDecoder {
                 let (head, rest) = input.split_at_checked(n as usize).unwrap_or((input, &[]));
                 *input = rest;
                 *remaining = remaining.saturating_sub(n);
+                self.pos = self.pos.saturating_add(u64::from(n));
                 let chunk_done = *remaining == 0;
                 let Some(s) = self.streams.get_mut(slot) else {
                     return Err(ChunkError::UnknownChunkStream);
@@ -236,14 +303,33 @@ impl ChunkDecoder {
                     extended_ts: false,
                     received: 0,
                     payload: Vec::new(),
+                    timestamp: 0,
+                    ts_field: 0,
+                    msid: 0,
+                    start: 0,
+                    contiguous: true,
                 });
                 self.streams.len().saturating_sub(1)
             }
             None => return Err(ChunkError::UnknownChunkStream),
         };
+        let after_slot = self.last_slot.replace(slot);
         let Some(s) = self.streams.get_mut(slot) else {
             return Err(ChunkError::UnknownChunkStream);
         };
+        // Checked before `received` is reset below: a type 3 header with
+        // bytes of the message already in continues it, any other header
+        // starts a message.
+        let starts = fmt < 3 || s.received == 0;
+        if starts {
+            // The whole header was just consumed: `pos` is its end.
+            let hdr_len = u64::try_from(hdr.len()).unwrap_or(u64::MAX);
+            s.start = self.pos.saturating_sub(hdr_len);
+            s.contiguous = true;
+            next_timestamp(s, fmt, rest);
+        } else if after_slot != Some(slot) {
+            s.contiguous = false;
+        }
         if fmt < 3 {
             // A full header mid-message is a protocol violation; like ffmpeg,
             // drop the partial message rather than fail the connection.
@@ -297,11 +383,116 @@ impl ChunkDecoder {
                 Ok(Step::Continue)
             }
             MSG_COMMAND_AMF0 | MSG_COMMAND_AMF3 => {
+                self.framing = Some(Framing {
+                    start: s.start,
+                    end: self.pos,
+                    contiguous: s.contiguous,
+                    csid: s.csid,
+                    msid: s.msid,
+                    timestamp: s.timestamp,
+                    msg_type,
+                    chunk_size: self.chunk_size,
+                });
                 self.done = payload;
                 Ok(Step::Message(msg_type))
             }
             _ => Ok(Step::Continue),
         }
+    }
+}
+
+/// Updates the timestamp fields of `s` for a header of type `fmt` that
+/// starts a message; `rest` is the header after its basic header. The same
+/// rule as the rechunker's, so both agree with ffmpeg and nginx-rtmp.
+fn next_timestamp(s: &mut ChunkStream, fmt: u8, rest: &[u8]) {
+    let byte = |i: usize| rest.get(i).copied().unwrap_or_default();
+    // The 24-bit field, or the extended timestamp after the message header
+    // (at `ext_at`) when the field says so.
+    let field_at = |ext_at: usize| {
+        let short = be24(rest);
+        if short == EXTENDED_TS {
+            be32(rest.get(ext_at..).unwrap_or_default()).unwrap_or(short)
+        } else {
+            short
+        }
+    };
+    match fmt {
+        0 => {
+            s.ts_field = field_at(11);
+            s.timestamp = s.ts_field;
+            s.msid = u32::from_le_bytes([byte(7), byte(8), byte(9), byte(10)]);
+        }
+        1 | 2 => {
+            s.ts_field = field_at(if fmt == 1 { 7 } else { 3 });
+            // Timestamps wrap (spec 5.3.1.3 arithmetic is modulo 2^32).
+            s.timestamp = s.timestamp.wrapping_add(s.ts_field);
+        }
+        _ => {
+            // `extended_ts` still describes the previous header, which is
+            // what decided whether this type 3 header has the 4 bytes.
+            if s.extended_ts {
+                s.ts_field = be32(rest).unwrap_or(s.ts_field);
+            }
+            s.timestamp = s.timestamp.wrapping_add(s.ts_field);
+        }
+    }
+}
+
+/// Writes one message as a type 0 chunk and type 3 continuations cut at
+/// `chunk_size`, with the extended timestamp on every chunk when
+/// `timestamp` needs it (as ffmpeg writes and the decoder here reads).
+/// `None`, writing nothing, if the payload does not fit the 24-bit length
+/// or `csid` is not one a basic header can carry (2..=65599).
+pub(crate) fn write_message(
+    csid: u32,
+    timestamp: u32,
+    msg_type: u8,
+    msid: u32,
+    payload: &[u8],
+    chunk_size: u32,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&l| l <= 0xFF_FFFF)?;
+    let [b0, b1, b2] = basic_header(csid)?;
+    let basic_len = basic_header_len(b0);
+    let size = usize::try_from(chunk_size).ok().filter(|&s| s > 0)?;
+    let ext = timestamp >= EXTENDED_TS;
+    let [_, t0, t1, t2] = timestamp.min(EXTENDED_TS).to_be_bytes();
+    let [_, l0, l1, l2] = len.to_be_bytes();
+    // fmt 0: the top two bits of the first byte left at 0.
+    out.extend_from_slice([b0, b1, b2].get(..basic_len).unwrap_or_default());
+    out.extend_from_slice(&[t0, t1, t2, l0, l1, l2, msg_type]);
+    out.extend_from_slice(&msid.to_le_bytes());
+    if ext {
+        out.extend_from_slice(&timestamp.to_be_bytes());
+    }
+    for (i, chunk) in payload.chunks(size).enumerate() {
+        if i > 0 {
+            // fmt 3: both top bits set.
+            let continuation = [b0 | 0xc0, b1, b2];
+            out.extend_from_slice(continuation.get(..basic_len).unwrap_or_default());
+            if ext {
+                out.extend_from_slice(&timestamp.to_be_bytes());
+            }
+        }
+        out.extend_from_slice(chunk);
+    }
+    Some(())
+}
+
+/// A type 0 basic header for `csid` in its shortest form, padded to 3
+/// bytes; [`basic_header_len`] of the first byte says how many count.
+fn basic_header(csid: u32) -> Option<[u8; 3]> {
+    match csid {
+        2..=63 => Some([u8::try_from(csid).ok()?, 0, 0]),
+        64..=319 => Some([0, u8::try_from(csid.checked_sub(64)?).ok()?, 0]),
+        320..=65599 => {
+            let [_, _, hi, lo] = csid.checked_sub(64)?.to_be_bytes();
+            Some([1, lo, hi])
+        }
+        _ => None,
     }
 }
 
@@ -550,6 +741,155 @@ mod tests {
             .flat_map(|c| message(c, 9, 0, b"v", 128))
             .collect();
         assert_eq!(all_steps(&many), Err(ChunkError::TooManyChunkStreams));
+    }
+
+    /// Feeds `bytes` in pieces of `step`, collecting the framing of every
+    /// command message.
+    fn framings(bytes: &[u8], step: usize) -> Vec<Framing> {
+        let mut d = ChunkDecoder::new();
+        let mut out = Vec::new();
+        for mut piece in bytes.chunks(step.max(1)) {
+            while d.next(&mut piece).unwrap().is_some() {
+                out.push(d.framing().unwrap());
+            }
+        }
+        out
+    }
+
+    fn all_framings(bytes: &[u8]) -> Vec<Framing> {
+        let whole = framings(bytes, bytes.len());
+        for step in [1, 2, 3, 7, 64] {
+            assert_eq!(framings(bytes, step), whole, "step {step}");
+        }
+        whole
+    }
+
+    #[test]
+    fn framing_ranges_and_contiguity() {
+        let (a, b, c) = (payload(300), payload(250), payload(300));
+        let ma = message(3, 20, 0, &a, 128);
+        let mb = message(8, 17, 0, &b, 128);
+        let mut bytes = Vec::new();
+        bytes.extend(&ma[..140]);
+        bytes.extend(&mb[..140]);
+        bytes.extend(&ma[140..269]);
+        bytes.extend(&mb[140..]);
+        bytes.extend(&ma[269..]);
+        let c_start = bytes.len() as u64;
+        // Media between messages does not break the next one's contiguity.
+        bytes.extend(message(6, 9, 0, &payload(200), 128));
+        let c_start_after_media = bytes.len() as u64;
+        bytes.extend(message(5, 20, 77, &c, 128));
+        assert!(c_start < c_start_after_media);
+        let f = all_framings(&bytes);
+        let want = |start, end, contiguous, csid, ts, msg_type| Framing {
+            start,
+            end,
+            contiguous,
+            csid,
+            msid: 1,
+            timestamp: ts,
+            msg_type,
+            chunk_size: 128,
+        };
+        assert_eq!(
+            f,
+            vec![
+                want(140, 140 + mb.len() as u64 + 129, false, 8, 0, 17),
+                want(0, c_start, false, 3, 0, 20),
+                want(c_start_after_media, bytes.len() as u64, true, 5, 77, 20),
+            ]
+        );
+        assert_eq!(ChunkDecoder::new().framing(), None);
+    }
+
+    #[test]
+    fn framing_timestamps_by_header_type() {
+        let p = payload(10);
+        let mut bytes = message(4, 20, 1000, &p, 128);
+        // Type 1: delta 10, len 10, type 20.
+        bytes.extend([0x44, 0, 0, 10, 0, 0, 10, 20]);
+        bytes.extend(&p);
+        // Type 2: delta 5.
+        bytes.extend([0x84, 0, 0, 5]);
+        bytes.extend(&p);
+        // Type 3 starting a message: adds the last delta again.
+        bytes.push(0xc4);
+        bytes.extend(&p);
+        // Extended: absolute 0x1234_5678, then a type 3 message adding it again.
+        let ext = message(4, 20, 0x1234_5678, &p, 128);
+        let ext_start = bytes.len() as u64;
+        bytes.extend(&ext);
+        bytes.extend([0xc4, 0x12, 0x34, 0x56, 0x78]);
+        bytes.extend(&p);
+        // Type 2 with an extended delta.
+        bytes.extend([0x84, 0xff, 0xff, 0xff, 0, 0, 0, 9]);
+        bytes.extend(&p);
+        let got: Vec<_> = all_framings(&bytes)
+            .iter()
+            .map(|f| (f.timestamp, f.start, f.end - f.start))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1000, 0, 22),
+                (1010, 22, 18),
+                (1015, 40, 14),
+                (1020, 54, 11),
+                (0x1234_5678, ext_start, 26),
+                (0x2468_ACF0, ext_start + 26, 15),
+                (0x2468_ACF9, ext_start + 41, 18),
+            ]
+        );
+    }
+
+    #[test]
+    fn framing_chunk_size_and_restarts() {
+        let p = payload(300);
+        let m = message(3, 20, 0, &p, 128);
+        // A full header after a message's first chunk restarts it: the
+        // range starts there.
+        let mut bytes = m[..140].to_vec();
+        bytes.extend(&m);
+        let restarted_end = bytes.len() as u64;
+        // A Set Chunk Size inside a message's range breaks contiguity.
+        bytes.extend(set_chunk_size(200));
+        bytes.extend(&message(3, 20, 0, &p, 200)[..212]);
+        bytes.extend(set_chunk_size(4096));
+        bytes.push(0xc3);
+        bytes.extend(&p[200..]);
+        let f = all_framings(&bytes);
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[0].start, f[0].end), (140, restarted_end));
+        assert!(f[0].contiguous);
+        assert_eq!(f[0].chunk_size, 128);
+        assert!(!f[1].contiguous);
+        assert_eq!(f[1].chunk_size, 4096);
+    }
+
+    #[test]
+    fn write_message_matches_the_test_builder() {
+        let p = payload(300);
+        for csid in [2, 3, 63, 64, 319, 320, 65599] {
+            for ts in [0, 0xFF_FFFE, 0xFF_FFFF, 0x1234_5678] {
+                for size in [1, 60, 128, 300, 4096] {
+                    let mut out = Vec::new();
+                    assert_eq!(write_message(csid, ts, 20, 1, &p, size, &mut out), Some(()));
+                    assert_eq!(out, message(csid, 20, ts, &p, size as usize));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        assert_eq!(write_message(3, 0, 20, 7, b"", 128, &mut out), Some(()));
+        assert_eq!(out, [3, 0, 0, 0, 0, 0, 0, 20, 7, 0, 0, 0]);
+        let mut out = Vec::new();
+        for csid in [0, 1, 65600, u32::MAX] {
+            assert_eq!(write_message(csid, 0, 20, 1, &p, 128, &mut out), None);
+        }
+        assert_eq!(write_message(3, 0, 20, 1, &p, 0, &mut out), None);
+        let huge = vec![0; 0x100_0000];
+        assert_eq!(write_message(3, 0, 20, 1, &huge, 128, &mut out), None);
+        assert!(out.is_empty());
     }
 
     #[test]

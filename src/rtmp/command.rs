@@ -202,6 +202,48 @@ pub fn parse(msg_type: u8, payload: &[u8]) -> Result<Invoke, CommandError> {
     Ok(Invoke { txid, command })
 }
 
+/// The payload of a client's `publish` or `play` message (type 20 or 17)
+/// with its stream name, the argument after the command object, replaced
+/// by `name`. The command name, transaction id, command object and the
+/// arguments after the name (publish's type, play's start, duration,
+/// reset) are the decoded values encoded again with [`super::amf0::encode`]:
+/// identical bytes for the strings, numbers, booleans and nulls clients
+/// send there, though an ECMA array would come back as an object and a
+/// short long-string as a string. An AMF3 message (17) keeps its format
+/// selector byte. A message too short to have a name gets the missing
+/// transaction id (0) and command object (null) before it.
+///
+/// `None` for any other command, or if any value fails to decode (the
+/// front only decoded up to the name; a rewrite must understand all of it).
+pub fn rename(msg_type: u8, payload: &[u8], name: &str) -> Option<Vec<u8>> {
+    let (command, mut d) = start(msg_type, payload).ok()?;
+    if !matches!(command.as_str(), "publish" | "play") {
+        return None;
+    }
+    let mut values = vec![Value::String(command)];
+    while let Some(v) = d.next_value().ok()? {
+        values.push(v);
+    }
+    // Positions 1 and 2: transaction id and command object (spec 7.2.2).
+    if values.len() < 2 {
+        values.push(Value::Number(0.0));
+    }
+    if values.len() < 3 {
+        values.push(Value::Null);
+    }
+    match values.get_mut(3) {
+        Some(v) => *v = Value::String(name.to_owned()),
+        None => values.push(Value::String(name.to_owned())),
+    }
+    let mut out = Vec::with_capacity(payload.len().saturating_add(name.len()));
+    // The same test `start` used to skip it.
+    if msg_type == MSG_COMMAND_AMF3 && payload.first() == Some(&0) {
+        out.push(0);
+    }
+    super::amf0::encode(&values, &mut out);
+    Some(out)
+}
+
 /// Decodes a media server's command message (type 20 or 17).
 pub fn parse_answer(msg_type: u8, payload: &[u8]) -> Result<Answer, CommandError> {
     let (name, mut d) = start(msg_type, payload)?;

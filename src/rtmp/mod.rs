@@ -48,8 +48,8 @@ pub mod upstream;
 use std::fmt;
 
 use amf0::Value;
-use command::{Command, Invoke};
 pub use command::ClientFields;
+use command::{Command, Invoke};
 use rechunk::{ChunkWriter, Header};
 
 /// C0 (version) + C1 (1536 bytes), what the client sends before anything else.
@@ -192,6 +192,14 @@ pub struct Front {
     /// continues with the server's messages.
     writer: ChunkWriter,
     answered: Vec<Answered>,
+    /// The `publish` or `play` that made the front `Found`, for [`Front::rename`].
+    original: Option<Box<Original>>,
+}
+
+/// The message that ended the front, as read.
+struct Original {
+    framing: chunk::Framing,
+    payload: Vec<u8>,
 }
 
 struct Session {
@@ -203,6 +211,8 @@ struct Session {
     /// Stream name from FCPublish (or releaseStream), for a `publish`
     /// without a usable one.
     announced: Option<String>,
+    /// Set with a `Found` outcome.
+    original: Option<Original>,
 }
 
 impl Default for Front {
@@ -221,9 +231,11 @@ impl Front {
                 chunks: chunk::ChunkDecoder::new(),
                 connect: None,
                 announced: None,
+                original: None,
             })),
             writer: ChunkWriter::default(),
             answered: Vec::new(),
+            original: None,
         }
     }
 
@@ -242,7 +254,7 @@ impl Front {
             .and_then(|s| s.feed(bytes, &mut answers))
         {
             self.progress = done;
-            self.session = None;
+            self.original = self.session.take().and_then(|s| s.original).map(Box::new);
         }
         &self.progress
     }
@@ -258,6 +270,78 @@ impl Front {
 
     pub fn answered(&self) -> &[Answered] {
         &self.answered
+    }
+
+    /// `chunk_stream` (the client's bytes after C2, as fed to this front
+    /// and as replayed to a media server) with the `publish` or `play` that
+    /// ended the front asking for stream `new_name` instead: for an auth
+    /// hook that renames the stream (nginx-rtmp's `on_publish` answering
+    /// 3xx with a Location).
+    ///
+    /// The message's chunks are replaced by one message: the same command
+    /// with the same transaction id and other arguments ([`command::rename`]),
+    /// on the same chunk stream id under a type 0 header with the same
+    /// absolute timestamp, message type and message stream id, cut at the
+    /// client's chunk size. Every byte before and after them is copied
+    /// unchanged, so the server reads exactly the client's session but for
+    /// the name.
+    ///
+    /// `None` (refuse the rename) unless the front is `Found`, the
+    /// message's chunks were contiguous (another chunk stream's chunk among
+    /// them would have to be moved, changing what the server reads
+    /// around it), `chunk_stream` holds all of them, `new_name` is not
+    /// empty and all of the message decodes.
+    ///
+    /// Caveat: the server now knows that chunk stream's message length,
+    /// type and timestamp delta from the new type 0 header. Were the client
+    /// to send another message on the same chunk stream id with a type 1,
+    /// 2 or 3 header relying on the old length (or delta), the server would
+    /// misread it. Clients send their media and metadata on other chunk
+    /// streams after `publish` / `play` (ffmpeg, OBS and librtmp do), which
+    /// is why only this one message is rewritten and nothing after it.
+    /// `FCPublish` / `releaseStream` before it keep the old name: servers
+    /// answer them without acting on it.
+    pub fn rename(&self, chunk_stream: &[u8], new_name: &str) -> Option<Vec<u8>> {
+        if !matches!(self.progress, Progress::Found(_)) || new_name.is_empty() {
+            return None;
+        }
+        let Original {
+            framing: f,
+            payload,
+        } = self.original.as_deref()?;
+        if !f.contiguous {
+            return None;
+        }
+        // Offsets past the address space mean input we were never given.
+        let start = usize::try_from(f.start).ok()?;
+        let end = usize::try_from(f.end).ok()?;
+        let (before, rest) = chunk_stream.split_at_checked(start)?;
+        let (original, after) = rest.split_at_checked(end.checked_sub(start)?)?;
+        // Cheap check that the caller passed the bytes the front read: the
+        // range starts with a chunk header of the message's chunk stream.
+        if chunk::parse_basic_header(original).1 != f.csid || original.is_empty() {
+            return None;
+        }
+        let payload = command::rename(f.msg_type, payload, new_name)?;
+        let mut out = Vec::with_capacity(
+            chunk_stream
+                .len()
+                .saturating_sub(original.len())
+                .saturating_add(payload.len())
+                .saturating_add(chunk::MAX_HEADER_LEN),
+        );
+        out.extend_from_slice(before);
+        chunk::write_message(
+            f.csid,
+            f.timestamp,
+            f.msg_type,
+            f.msid,
+            &payload,
+            f.chunk_size,
+            &mut out,
+        )?;
+        out.extend_from_slice(after);
+        Some(out)
     }
 
     /// An `onStatus` error for the `publish` or `play`: what ffmpeg prints
@@ -288,7 +372,18 @@ impl Session {
                 Ok(Some(msg)) => match command::parse(msg.msg_type, msg.payload) {
                     Err(e) => return Some(Progress::Unknown(e.reason())),
                     Ok(invoke) => {
+                        // Only a publish or play can end the front as
+                        // `Found`; copying it (tens of bytes) lets
+                        // `Front::rename` rewrite it after the decoder is gone.
+                        let ends =
+                            matches!(invoke.command, Command::Publish { .. } | Command::Play(_));
+                        let payload = ends.then(|| msg.payload.to_vec());
                         if let Some(done) = self.on_command(invoke, answers) {
+                            if let (Progress::Found(_), Some(payload), Some(framing)) =
+                                (&done, payload, self.chunks.framing())
+                            {
+                                self.original = Some(Original { framing, payload });
+                            }
                             return Some(done);
                         }
                     }
@@ -707,6 +802,316 @@ mod tests {
         let mut more = Vec::new();
         assert_eq!(obs.feed(b"\xff garbage", &mut more), &first);
         assert!(more.is_empty());
+    }
+
+    /// A command message as read back: its parse, all its values, and
+    /// its header fields and range.
+    #[derive(Debug, PartialEq)]
+    struct Read {
+        invoke: Invoke,
+        values: Result<Vec<Value>, amf0::Amf0Error>,
+        framing: chunk::Framing,
+    }
+
+    /// Every command message of a client chunk stream, read by a fresh
+    /// decoder as a media server would.
+    fn read(stream: &[u8]) -> Vec<Read> {
+        let mut d = chunk::ChunkDecoder::new();
+        let mut input = stream;
+        let mut out = Vec::new();
+        while let Some(m) = d.next(&mut input).unwrap() {
+            let invoke = command::parse(m.msg_type, m.payload).unwrap();
+            let body = match m.payload.split_first() {
+                Some((0, rest)) if m.msg_type == chunk::MSG_COMMAND_AMF3 => rest,
+                _ => m.payload,
+            };
+            let mut values = Vec::new();
+            let mut dec = amf0::Decoder::new(body);
+            let values = loop {
+                match dec.next_value() {
+                    Ok(Some(v)) => values.push(v),
+                    Ok(None) => break Ok(values),
+                    Err(e) => break Err(e),
+                }
+            };
+            let framing = d.framing().unwrap();
+            out.push(Read {
+                invoke,
+                values,
+                framing,
+            });
+        }
+        assert!(input.is_empty());
+        out
+    }
+
+    /// Renames with a front fed `after_c0c1`, then checks that a server
+    /// reads the same messages, bytes around the publish/play unchanged,
+    /// but for the name; returns the renamed chunk stream.
+    fn check_rename(after_c0c1: &[u8], name: &str) -> Vec<u8> {
+        let mut front = Front::new();
+        let Progress::Found(found) = front.feed(after_c0c1, &mut Vec::new()).clone() else {
+            panic!("not found")
+        };
+        let stream = &after_c0c1[C2_LEN..];
+        let renamed = front.rename(stream, name).expect("renamed");
+        let (before, after) = (read(stream), read(&renamed));
+        assert_eq!(before.len(), after.len());
+        let target = front.original.as_ref().unwrap().framing;
+        let mut seen = false;
+        for (b, a) in before.iter().zip(&after) {
+            if b.framing != target {
+                // Offsets shift after the rewritten message; nothing else may.
+                let moved = |r: &Read| chunk::Framing {
+                    start: 0,
+                    end: 0,
+                    ..r.framing
+                };
+                assert_eq!((&b.invoke, &b.values), (&a.invoke, &a.values));
+                assert_eq!(moved(b), moved(a));
+                continue;
+            }
+            seen = true;
+            // Same header fields; one type 0 message at the same offset.
+            let f = a.framing;
+            assert_eq!(
+                (
+                    f.csid,
+                    f.msid,
+                    f.timestamp,
+                    f.msg_type,
+                    f.chunk_size,
+                    f.start
+                ),
+                (
+                    b.framing.csid,
+                    b.framing.msid,
+                    b.framing.timestamp,
+                    b.framing.msg_type,
+                    b.framing.chunk_size,
+                    b.framing.start
+                )
+            );
+            assert!(f.contiguous);
+            assert_eq!(renamed[f.start as usize] >> 6, 0, "type 0 header");
+            let start = f.start as usize;
+            assert_eq!(&renamed[..start], &stream[..start]);
+            assert_eq!(&renamed[f.end as usize..], &stream[target.end as usize..]);
+            // Same command, txid and arguments; only the name differs.
+            assert_eq!(a.invoke.txid, b.invoke.txid);
+            let want = match &b.invoke.command {
+                Command::Publish { kind, .. } => Command::Publish {
+                    name: Some(name.into()),
+                    kind: kind.clone(),
+                },
+                Command::Play(_) => Command::Play(Some(name.into())),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(a.invoke.command, want);
+            let (mut bv, av) = (b.values.clone().unwrap(), a.values.clone().unwrap());
+            if bv.len() < 4 {
+                bv.resize(4, Value::Null);
+            }
+            bv[3] = Value::String(name.into());
+            assert_eq!(av, bv);
+        }
+        assert!(seen, "the publish/play is among the messages read");
+        // And the front reads the renamed session as the same, renamed.
+        let mut again = c2();
+        again.extend(&renamed);
+        let Progress::Found(i) = feed_whole(&again) else {
+            panic!()
+        };
+        let stream_key = name.to_owned();
+        assert_eq!(
+            i,
+            StreamInfo {
+                stream_key,
+                ..found
+            }
+        );
+        renamed
+    }
+
+    #[test]
+    fn rename_ffmpeg_fixtures() {
+        let long = "x".repeat(5000);
+        for fixture in [PUBLISH, PLAY] {
+            let after_c0c1 = &fixture[C0C1_LEN..];
+            for name in [
+                "k",
+                "a-much-longer-stream-name",
+                "new?token=abc&x=1",
+                "ключ",
+                &long,
+            ] {
+                let renamed = check_rename(after_c0c1, name);
+                // Only the name's bytes and the one-byte type 3 headers
+                // between chunks change the length (the publisher chunks
+                // at 4096, the player at 128).
+                let mut front = Front::new();
+                front.feed(after_c0c1, &mut Vec::new());
+                let f = front.original.as_ref().unwrap().framing;
+                let size = f.chunk_size as usize;
+                let old_len = front.original.as_ref().unwrap().payload.len();
+                let new_len = old_len + name.len() - "testkey123".len();
+                let headers = new_len.div_ceil(size) - old_len.div_ceil(size);
+                let stream = &after_c0c1[C2_LEN..];
+                assert_eq!(renamed.len(), stream.len() + new_len - old_len + headers);
+                if name.len() > size {
+                    assert!(headers > 0, "spans chunks");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rename_hand_built_sessions() {
+        // Chunk size 60, publish on chunk stream 8 with a type: names that
+        // span fewer and more chunks than the original.
+        let mut b = c2();
+        b.extend(connect("live"));
+        b.extend(set_chunk_size(60));
+        b.extend(command(8, &publish_args("k?token=abc", &["record"]), 60));
+        b.extend(message(4, 9, 0, &[7; 300], 60));
+        for name in ["n", "x".repeat(200).as_str(), "k2?token=def"] {
+            check_rename(&b, name);
+        }
+
+        // Extended timestamp, on every chunk of the rewritten message too.
+        let mut b = c2();
+        b.extend(connect("live"));
+        let publish = publish_args(&"k".repeat(150), &["live"]).concat();
+        b.extend(message(8, 20, 0x1234_5678, &publish, 128));
+        check_rename(&b, &"n".repeat(300));
+
+        // Publish with a type 1 header after connect on the same chunk
+        // stream: the rewrite carries the absolute timestamp (0 + 7) and
+        // the message stream id (1) in a type 0 header.
+        let mut b = c2();
+        b.extend(connect("live"));
+        let publish = publish_args("k", &[]).concat();
+        b.extend([0x43, 0, 0, 7, 0, 0, publish.len() as u8, 20]);
+        b.extend(&publish);
+        let renamed = check_rename(&b, "other");
+        let f = read(&renamed).last().unwrap().framing;
+        assert_eq!((f.timestamp, f.msid, f.csid), (7, 1, 3));
+
+        // AMF3 command message: keeps type 17 and the selector byte.
+        let mut b = c2();
+        b.extend(connect("app"));
+        let play = [
+            vec![0],
+            enc::string("play"),
+            enc::number(0.0),
+            enc::null(),
+            enc::string("k"),
+            enc::number(-2000.0),
+        ];
+        b.extend(message(3, 17, 0, &play.concat(), 128));
+        let renamed = check_rename(&b, "other?x=1");
+        assert_eq!(read(&renamed).last().unwrap().framing.msg_type, 17);
+
+        // Publish naming nothing (FCPublish did): the name is filled in;
+        // and one with no argument after the command object at all.
+        let fc = [
+            enc::string("FCPublish"),
+            enc::number(3.0),
+            enc::null(),
+            enc::string("fromfc"),
+        ];
+        for publish in [
+            publish_args("", &["live"]),
+            vec![enc::string("publish"), enc::number(4.0), enc::null()],
+        ] {
+            let mut b = c2();
+            b.extend(connect("live"));
+            b.extend(command(3, &fc, 128));
+            b.extend(command(3, &publish, 128));
+            check_rename(&b, "renamed");
+        }
+    }
+
+    #[test]
+    fn rename_refuses_an_interleaved_publish() {
+        let mut b = c2();
+        b.extend(connect("live"));
+        let video = message(6, 9, 0, &[1; 50], 128);
+        // 200 byte name: the publish takes two chunks at 128.
+        let publish = command(8, &publish_args(&"k".repeat(200), &[]), 128);
+        let mut interleaved = b.clone();
+        interleaved.extend(&publish[..12 + 128]);
+        interleaved.extend(&video);
+        interleaved.extend(&publish[12 + 128..]);
+        let mut front = Front::new();
+        assert!(matches!(
+            front.feed(&interleaved, &mut Vec::new()),
+            Progress::Found(_)
+        ));
+        assert_eq!(front.rename(&interleaved[C2_LEN..], "n"), None);
+        // The same chunks with the video before the publish: fine.
+        b.extend(&video);
+        b.extend(&publish);
+        check_rename(&b, "n");
+    }
+
+    #[test]
+    fn rename_odd_inputs() {
+        // Not found (yet, or ever): nothing to rename.
+        let after_c0c1 = &PUBLISH[C0C1_LEN..];
+        let stream = &after_c0c1[C2_LEN..];
+        let mut front = Front::new();
+        front.feed(&after_c0c1[..C2_LEN + 300], &mut Vec::new());
+        assert_eq!(front.rename(stream, "n"), None);
+        let mut front = Front::new();
+        front.feed(b"\xc3 not rtmp", &mut Vec::new());
+        front.feed(&[0xc3; C2_LEN], &mut Vec::new());
+        assert!(matches!(front.progress(), Progress::Unknown(_)));
+        assert_eq!(front.rename(stream, "n"), None);
+
+        let mut front = Front::new();
+        front.feed(after_c0c1, &mut Vec::new());
+        let end = front.original.as_ref().unwrap().framing.end as usize;
+        assert_eq!(end, 348);
+        // An empty name is no name.
+        assert_eq!(front.rename(stream, ""), None);
+        // Truncated: None until the whole message is there.
+        for cut in 0..=end + 2 {
+            let got = front.rename(&stream[..cut], "n");
+            assert_eq!(got.is_some(), cut >= end, "cut {cut}");
+        }
+        // Bytes that aren't what the front read.
+        assert_eq!(front.rename(&vec![0; stream.len()], "n"), None);
+        assert_eq!(front.rename(&[], "n"), None);
+
+        // Corrupted sessions: whatever is found renames without panicking,
+        // against the bytes fed or others.
+        let mut rng = Rng(0xface);
+        let mut renamed = 0;
+        for i in 0..400 {
+            let fixture = if i % 2 == 0 { PUBLISH } else { PLAY };
+            let mut b = fixture[C0C1_LEN..C0C1_LEN + C2_LEN + 420].to_vec();
+            for _ in 0..=rng.next() % 3 {
+                let at = C2_LEN + (rng.next() % 420) as usize;
+                b[at] = rng.next() as u8;
+            }
+            let mut front = Front::new();
+            if !matches!(front.feed(&b, &mut Vec::new()), Progress::Found(_)) {
+                continue;
+            }
+            let long = "l".repeat(5000);
+            let name = ["n", "x?y=z", long.as_str()][i % 3];
+            if let Some(r) = front.rename(&b[C2_LEN..], name) {
+                renamed += 1;
+                // Readable up to where the corruption makes it unreadable.
+                let mut d = chunk::ChunkDecoder::new();
+                let mut input = &r[..];
+                while let Ok(Some(_)) = d.next(&mut input) {}
+            }
+            front.rename(&fixture[C0C1_LEN + C2_LEN..], name);
+            front.rename(&b[C2_LEN + 1..], name);
+        }
+        assert!(renamed > 50, "{renamed}");
     }
 
     #[test]

@@ -458,7 +458,7 @@ impl Drop for Registration {
 
 /// A stream's id in the shared directory: a hash of app and key, so the
 /// secret key itself is never written to Redis.
-fn shared_id(app: &str, key: &str) -> String {
+pub(crate) fn shared_id(app: &str, key: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
         .chain_update(app.as_bytes())

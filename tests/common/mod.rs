@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ecs;
+pub mod hook;
 pub mod media;
 pub mod moto;
 pub mod redis;
@@ -618,6 +619,25 @@ pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     )
 }
 
+/// `proxy.backends.static` with these entries.
+pub fn statics(lines: &[String]) -> String {
+    format!("  backends:\n    static:\n{}", lines.concat())
+}
+
+/// Where a publisher pushes `key` through the proxy (app `stream`).
+pub fn url(addr: SocketAddr, key: &str) -> String {
+    format!("rtmp://{addr}/stream/{key}")
+}
+
+/// `/streams` as JSON.
+pub async fn streams(proxy: &Proxy) -> Vec<serde_json::Value> {
+    let (status, body) = http_get(proxy.admin, "/streams")
+        .await
+        .expect("GET /streams");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("/streams is JSON")
+}
+
 /// C0+C1.
 pub const RTMP_C0C1_LEN: usize = 1537;
 
@@ -625,6 +645,30 @@ pub const RTMP_C0C1_LEN: usize = 1537;
 /// including the publish command.
 pub const FFMPEG_PUBLISH: &[u8] = include_bytes!("../../src/rtmp/testdata/ffmpeg_publish.bin");
 pub const PUBLISH_END: usize = RTMP_C0C1_LEN + 1536 + 348;
+
+/// [`FFMPEG_PUBLISH`] of another 10-character key: the same bytes with
+/// the key replaced where ffmpeg names it (releaseStream, FCPublish,
+/// publish), so every length stays as recorded.
+pub fn ffmpeg_publish_of(key: &str) -> Vec<u8> {
+    let recorded = b"testkey123";
+    assert_eq!(
+        key.len(),
+        recorded.len(),
+        "a key of {} bytes",
+        recorded.len()
+    );
+    let mut bytes = FFMPEG_PUBLISH.to_vec();
+    let mut i = 0;
+    while let Some(at) = bytes[i..]
+        .windows(recorded.len())
+        .position(|w| w == recorded)
+    {
+        let at = i + at;
+        bytes[at..at + recorded.len()].copy_from_slice(key.as_bytes());
+        i = at + recorded.len();
+    }
+    bytes
+}
 
 /// An `onStatus` message, as a media server sends it.
 pub fn on_status(level: &str, code: &str) -> Vec<u8> {
