@@ -15,7 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::hook::{field, Answer, Hook};
-use common::media::{Nginx, Publisher};
+use common::media::{ffprobe, Nginx, Publisher};
 use common::redis::Redis;
 use common::*;
 
@@ -185,11 +185,12 @@ async fn the_platform_routes_and_renames() {
         Some("routeKey01") => Answer::status(200).header("X-RTMP-Backend", &to_b),
         Some("renameMe01") => Answer::status(302).header("Location", "renamedKey01"),
         Some("nowhere001") => Answer::status(200).header("X-RTMP-Backend", "127.0.0.1:9"),
+        Some("secretPlay1") => Answer::status(403),
         _ => Answer::status(200),
     })
     .await;
     let proxy = Proxy::start(&format!(
-        "  balance: first\n  auth:\n    on_publish: \"{}\"\n{}{}",
+        "  balance: first\n  auth:\n    on_publish: \"{0}\"\n    on_play: \"{0}\"\n{1}{2}",
         hook.url(),
         quiet_checks(),
         statics(&[a.yaml(2), b.yaml(2)])
@@ -211,6 +212,18 @@ async fn the_platform_routes_and_renames() {
         proxy.log_text()
     );
     assert!(!a.stat().contains("renameMe01") && !b.stat().contains("renameMe01"));
+    // Players find it under the name the server has; `on_play` asks too.
+    let (seen, said) = ffprobe(&url(proxy.listen, "renamedKey01")).await;
+    assert_eq!(seen, ["video"], "{said}\n{}", proxy.log_text());
+    let (seen, said) = ffprobe(&url(proxy.listen, "secretPlay1")).await;
+    assert!(seen.is_empty());
+    assert!(said.contains("the auth hook answered 403"), "{said}");
+    let plays = hook
+        .calls()
+        .into_iter()
+        .filter(|f| field(f, "call") == Some("play"))
+        .count();
+    assert_eq!(plays, 2);
     let said = refused(Publisher::start(
         &url(proxy.listen, "nowhere001"),
         dir.path(),

@@ -13,7 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::media::{probe, Nginx, NodeMediaServer, Publisher};
+use common::media::{ffprobe, probe, Nginx, NodeMediaServer, Publisher};
 use common::*;
 use rtmp_proxy::rtmp::amf0::Value as Amf0;
 use serde_json::Value;
@@ -672,27 +672,6 @@ async fn streams_left_on_the_old_process_stay_listed_after_an_upgrade() {
         for key in keys.iter().chain([&key]) {
             assert!(!log.contains(key), "full key {key} in the log:\n{log}");
         }
-    }
-}
-
-/// ffprobe at `url`: the stream types it found and what it printed.
-async fn ffprobe(url: &str) -> (Vec<String>, String) {
-    let run = tokio::process::Command::new("ffprobe")
-        .args(["-v", "error", "-analyzeduration", "1000000"])
-        .args(["-show_entries", "stream=codec_type", "-of", "csv=p=0", url])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(Duration::from_secs(20), run).await {
-        Ok(Ok(out)) => (
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ),
-        other => (Vec::new(), format!("{other:?}")),
     }
 }
 

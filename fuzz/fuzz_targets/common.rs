@@ -38,6 +38,21 @@ pub fn check(parts: &[&[u8]], seed: u8) {
     assert_eq!(said_split, said);
     if let Progress::Found(info) = &want {
         assert!(!info.stream_key.is_empty());
+        // A rename (the auth hook's) reads back as the same stream under
+        // the new name, or is refused.
+        let stream = bytes.get(1536..).unwrap_or_default();
+        let name = if seed % 2 == 0 { "n" } else { "a-longer-name?with=query" };
+        if let Some(renamed) = whole.rename(stream, name) {
+            let mut again = Front::new();
+            let replay = [&bytes[..1536.min(bytes.len())], &renamed[..]].concat();
+            match again.feed(&replay, &mut Vec::new()) {
+                Progress::Found(seen) => {
+                    assert_eq!(seen.stream_key, name);
+                    assert_eq!((&seen.app, &seen.role), (&info.app, &info.role));
+                }
+                other => panic!("a renamed stream reads back as {other:?}"),
+            }
+        }
     }
     // Final results stay put.
     if want != Progress::NeedMore {

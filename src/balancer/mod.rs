@@ -261,6 +261,15 @@ impl SlotTable {
         Some(Slot::new(self, addr))
     }
 
+    /// Whether `addr` is a backend of the fleet (and not one discovery
+    /// has dropped).
+    pub fn has(&self, addr: SocketAddr) -> bool {
+        self.lock()
+            .backends
+            .iter()
+            .any(|b| b.member.addr == addr && b.present)
+    }
+
     /// Takes a free slot on `addr` itself, without queueing: a stream
     /// routed there by the platform, or going back where it was.
     pub fn try_acquire_on(self: &Arc<Self>, addr: SocketAddr) -> Result<Slot, Unavailable> {

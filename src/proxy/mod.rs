@@ -465,7 +465,16 @@ impl Connection<'_> {
         };
         let (app, key) = (app_name(&g.info.app), g.info.stream_key.as_str());
         let streams = &self.core.streams;
-        let found = match g.routed.first() {
+        let routed = g.routed.iter().find(|&&a| self.core.table.has(a));
+        if routed.is_none() && !g.routed.is_empty() {
+            let named = g.routed_as.as_deref().unwrap_or("the named server");
+            let why = format!(
+                "the media server the platform chose, {named}, {}",
+                Unavailable::Unknown
+            );
+            return Err(Stop::Rejected(Reason::RouteUnavailable, why));
+        }
+        let found = match routed {
             Some(&addr) => Some(addr),
             None => {
                 let local = streams

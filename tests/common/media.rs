@@ -245,6 +245,16 @@ impl Drop for Publisher {
 /// The stream types ffprobe sees at `url` (e.g. `["video"]`), bounded by
 /// `limit`; empty on failure.
 pub async fn probe(url: &str, limit: Duration) -> Vec<String> {
+    probe_saying(url, limit).await.0
+}
+
+/// The stream types ffprobe sees at `url`, and what it printed (an RTMP
+/// error's description), within 20 s.
+pub async fn ffprobe(url: &str) -> (Vec<String>, String) {
+    probe_saying(url, Duration::from_secs(20)).await
+}
+
+async fn probe_saying(url: &str, limit: Duration) -> (Vec<String>, String) {
     let run = tokio::process::Command::new("ffprobe")
         .args(["-v", "error", "-analyzeduration", "1000000"])
         .args(["-show_entries", "stream=codec_type", "-of", "csv=p=0", url])
@@ -252,12 +262,15 @@ pub async fn probe(url: &str, limit: Duration) -> Vec<String> {
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(limit, run).await {
-        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect(),
-        _ => Vec::new(),
+        Ok(Ok(out)) => (
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        other => (Vec::new(), format!("{other:?}")),
     }
 }
 
