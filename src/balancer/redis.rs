@@ -357,6 +357,18 @@ impl SharedSlots {
         }
     }
 
+    /// [`Self::refresh_counts`] now, on the store's runtime, bounded by the
+    /// call timeout: for a client that knows another proxy has just
+    /// released a slot (a takeover) before the release's notice arrives.
+    pub async fn refresh_now(self: &Arc<Self>) {
+        let me = self.clone();
+        let task = self
+            .store
+            .runtime
+            .spawn(async move { me.refresh_counts().await });
+        let _ = tokio::time::timeout(self.store.call_timeout, task).await;
+    }
+
     /// Reads every backend's count across every proxy and tells the table how many
     /// belong to other proxies.
     async fn refresh_counts(&self) {

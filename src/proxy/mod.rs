@@ -322,102 +322,91 @@ impl Connection<'_> {
     /// goes back there if it can. `None`: the policy chooses. The flag
     /// says the slot is the only one the stream may have.
     async fn claim(&mut self) -> Result<Option<(Taken, bool)>, Stop> {
+        let previous = self.replace_live().await?;
+        let Some(g) = &self.greeted else {
+            return Ok(None);
+        };
+        let core = self.core;
+        if !g.routed.is_empty() {
+            let taken = match previous {
+                Some(Previous::Slot(t)) if g.routed.contains(&t.slot.addr()) => t,
+                other => {
+                    if let Some(Previous::Slot(t)) = other {
+                        t.release().await;
+                    }
+                    self.take_routed().await?
+                }
+            };
+            self.ctx.placement = Some("routed");
+            return Ok(Some((taken, true)));
+        }
+        let (taken, placement) = match previous {
+            Some(Previous::Slot(t)) => (Some(t), "takeover"),
+            Some(Previous::Server(addr)) => (take_on(core, addr).await, "takeover"),
+            None => {
+                let id = shared_id(app_name(&g.info.app), &g.info.stream_key);
+                let Some(addr) = core.publishers.recall(&id).await else {
+                    return Ok(None);
+                };
+                let taken = take_on(core, addr).await;
+                let result = if taken.is_some() { "hit" } else { "miss" };
+                metrics::get().sticky.with_label_values(&[result]).inc();
+                (taken, "sticky")
+            }
+        };
+        if taken.is_some() {
+            self.ctx.placement = Some(placement);
+        }
+        Ok(taken.map(|t| (t, false)))
+    }
+
+    /// A publish of a stream that is live already: closes the old session
+    /// (`takeover`) and returns its slot, or with the session on another
+    /// proxy, its server once it is gone; or refuses the newcomer
+    /// (`reject`).
+    async fn replace_live(&self) -> Result<Option<Previous>, Stop> {
         let Some(g) = &self.greeted else {
             return Ok(None);
         };
         let core = self.core;
         let (app, key) = (app_name(&g.info.app), g.info.stream_key.as_str());
         let id = shared_id(app, key);
-        let mut prefer = None;
-        let mut taken_over = None;
-        let elsewhere = if core.publishers.is_live(&id) {
-            None
-        } else {
-            core.streams
+        let here = core.publishers.is_live(&id);
+        let elsewhere = match here {
+            true => None,
+            false => core
+                .streams
                 .find_shared(app, key)
                 .await
                 .filter(|v| v.get("role").and_then(|r| r.as_str()) == Some("publish"))
-                .and_then(|v| v.get("backend")?.as_str()?.parse::<SocketAddr>().ok())
+                .and_then(|v| v.get("backend")?.as_str()?.parse::<SocketAddr>().ok()),
         };
-        if core.publishers.is_live(&id) || elsewhere.is_some() {
-            if core.settings.duplicate_publish == DuplicatePublish::Reject {
-                let why = format!(
-                    "{}/{} is already being published",
-                    display_app(app),
-                    redact(key)
-                );
-                return Err(Stop::Rejected(Reason::DuplicatePublish, why));
-            }
-            let scope = if elsewhere.is_some() {
-                "fleet"
-            } else {
-                "local"
-            };
-            metrics::get().takeovers.with_label_values(&[scope]).inc();
-            info!(
-                "{}: takes over {}/{}",
-                self.ctx.peer,
-                display_app(app),
-                redact(key)
-            );
-            match elsewhere {
-                None => taken_over = self.take_over_here(&id).await,
-                Some(addr) => {
-                    core.publishers.take_over_elsewhere(&id);
-                    let gone = async {
-                        while core.streams.find_shared(app, key).await.is_some() {
-                            tokio::time::sleep(TAKEOVER_POLL).await;
-                        }
-                    };
-                    let _ = tokio::time::timeout(TAKEOVER_WAIT, gone).await;
-                    prefer = Some(addr);
-                }
-            }
-        }
-        if !g.routed.is_empty() {
-            if let Some(t) = taken_over.take() {
-                if !g.routed.contains(&t.slot.addr()) {
-                    t.release().await;
-                } else {
-                    taken_over = Some(t);
-                }
-            }
-            let taken = match taken_over {
-                Some(t) => t,
-                None => self.take_routed().await?,
-            };
-            self.ctx.placement = Some("routed");
-            return Ok(Some((taken, true)));
-        }
-        if let Some(t) = taken_over {
-            self.ctx.placement = Some("takeover");
-            return Ok(Some((t, false)));
-        }
-        let sticky = match prefer {
-            Some(addr) => Some(addr),
-            None => core.publishers.recall(&id).await,
-        };
-        let Some(addr) = sticky else {
+        if !here && elsewhere.is_none() {
             return Ok(None);
-        };
-        let slot = core.table.try_acquire_on(addr).ok();
-        let taken = match slot {
-            Some(slot) => lease(core, slot).await,
-            None => None,
-        };
-        let placement = if prefer.is_some() {
-            "takeover"
-        } else {
-            "sticky"
-        };
-        let result = if taken.is_some() { "hit" } else { "miss" };
-        if prefer.is_none() {
-            metrics::get().sticky.with_label_values(&[result]).inc();
         }
-        Ok(taken.map(|t| {
-            self.ctx.placement = Some(placement);
-            (t, false)
-        }))
+        let stream = format!("{}/{}", display_app(app), redact(key));
+        if core.settings.duplicate_publish == DuplicatePublish::Reject {
+            let why = format!("{stream} is already being published");
+            return Err(Stop::Rejected(Reason::DuplicatePublish, why));
+        }
+        let scope = if here { "local" } else { "fleet" };
+        metrics::get().takeovers.with_label_values(&[scope]).inc();
+        info!("{}: takes over {stream}", self.ctx.peer);
+        let Some(addr) = elsewhere else {
+            return Ok(self.take_over_here(&id).await.map(Previous::Slot));
+        };
+        core.publishers.take_over_elsewhere(&id);
+        let gone = async {
+            while core.streams.find_shared(app, key).await.is_some() {
+                tokio::time::sleep(TAKEOVER_POLL).await;
+            }
+        };
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, gone).await;
+        // Its lease is released by now; our counts may not know yet.
+        if let Some(shared) = &core.shared {
+            shared.refresh_now().await;
+        }
+        Ok(Some(Previous::Server(addr)))
     }
 
     /// The slot of this proxy's live session of `id`, once its media
@@ -980,6 +969,20 @@ async fn lease(core: &Core, slot: Slot) -> Option<Taken> {
             None
         }
     }
+}
+
+/// What a publish that took over a live session has of it.
+enum Previous {
+    /// Its slot (the session was on this proxy).
+    Slot(Taken),
+    /// Its server (the session was on another proxy, and is gone).
+    Server(SocketAddr),
+}
+
+/// A free slot on `addr` (and with a Redis store its lease), if it has one.
+async fn take_on(core: &Core, addr: SocketAddr) -> Option<Taken> {
+    let slot = core.table.try_acquire_on(addr).ok()?;
+    lease(core, slot).await
 }
 
 /// A backend slot and, with a Redis store, its shared lease.
