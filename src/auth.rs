@@ -27,10 +27,10 @@
     )
 )]
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -38,7 +38,6 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use parking_lot::Mutex;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use sha2::{Digest, Sha256};
 
@@ -54,7 +53,7 @@ const MAX_HEADER_VALUE: usize = 2048;
 const MAX_NAME: usize = 1024;
 /// Cached answers at most: a flood of distinct keys costs this many
 /// entries (a digest and a decision each), not more.
-const CACHE_CAP: usize = 10_000;
+const CACHE_CAP: u64 = 10_000;
 /// Addresses kept from one resolution of a backend's name.
 const MAX_RESOLVED: usize = 64;
 const RTMP_PORT: u16 = 1935;
@@ -165,7 +164,7 @@ pub struct Auth {
     timeout: Duration,
     client: Client<HttpConnector, Full<Bytes>>,
     /// `None` when `auth.cache` is `0s`.
-    cache: Option<Mutex<Cache>>,
+    cache: Option<mini_moka::sync::Cache<CacheKey, Decision>>,
 }
 
 impl Auth {
@@ -187,7 +186,12 @@ impl Auth {
             on_error: config.on_error,
             timeout,
             client,
-            cache: (!ttl.is_zero()).then(|| Mutex::new(Cache::new(ttl, CACHE_CAP))),
+            cache: (!ttl.is_zero()).then(|| {
+                mini_moka::sync::Cache::builder()
+                    .max_capacity(CACHE_CAP)
+                    .time_to_live(ttl)
+                    .build()
+            }),
         }
     }
 
@@ -218,7 +222,7 @@ impl Auth {
         let form = form(call.info, call.addr);
         let key = form.key(role);
         if let Some(cache) = &self.cache {
-            if let Some(mut hit) = cache.lock().get(&key, Instant::now()) {
+            if let Some(mut hit) = cache.get(&key) {
                 hit.cached = true;
                 return hit;
             }
@@ -231,7 +235,7 @@ impl Auth {
                 log::debug!("auth hook {url} ({role}): {}", decision.detail);
                 // Only answers are reused: a failure asks again next time.
                 if let Some(cache) = &self.cache {
-                    cache.lock().put(key, decision.clone(), Instant::now());
+                    cache.insert(key, decision.clone());
                 }
             }
             Outcome::FailedAllowed | Outcome::FailedDenied => {
@@ -733,82 +737,6 @@ async fn resolve(backend: &Backend) -> Result<Vec<SocketAddr>, String> {
 
 type CacheKey = [u8; 32];
 
-/// Answers by request, for a fixed time, at most `cap` of them.
-struct Cache {
-    ttl: Duration,
-    cap: usize,
-    entries: HashMap<CacheKey, (Instant, Decision)>,
-    /// Keys with their expiry in insertion order, which with one TTL for
-    /// all is also expiry order (up to the few microseconds between
-    /// callers' clocks and the lock): the expired and the oldest are at
-    /// the front. An item whose expiry no longer matches its entry's is
-    /// stale (the key was stored again) and is skipped.
-    order: VecDeque<(CacheKey, Instant)>,
-}
-
-impl Cache {
-    fn new(ttl: Duration, cap: usize) -> Self {
-        Self {
-            ttl,
-            cap,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    fn get(&self, key: &CacheKey, now: Instant) -> Option<Decision> {
-        self.entries
-            .get(key)
-            .filter(|(expires, _)| now < *expires)
-            .map(|(_, decision)| decision.clone())
-    }
-
-    /// Stores `decision`, dropping expired entries first, then the oldest
-    /// while full.
-    fn put(&mut self, key: CacheKey, decision: Decision, now: Instant) {
-        let Some(expires) = now.checked_add(self.ttl) else {
-            return;
-        };
-        while self.order.front().is_some_and(|(_, at)| *at <= now) {
-            self.pop_front();
-        }
-        // Stale items come only from concurrent misses of one key; should
-        // they pile up, rebuild the order from the entries.
-        if self.order.len() > self.cap.saturating_mul(2) {
-            let mut live: Vec<_> = self.entries.iter().map(|(k, (at, _))| (*k, *at)).collect();
-            live.sort_by_key(|(_, at)| *at);
-            self.order = live.into();
-        }
-        if !self.entries.contains_key(&key) {
-            while self.entries.len() >= self.cap {
-                if !self.pop_front() {
-                    return;
-                }
-            }
-        }
-        let before = self.entries.insert(key, (expires, decision));
-        // Stored again at the same instant: its item is still the right one.
-        if before.is_none_or(|(at, _)| at != expires) {
-            self.order.push_back((key, expires));
-        }
-    }
-
-    /// Drops the oldest item and its entry unless stale; false when empty.
-    fn pop_front(&mut self) -> bool {
-        let Some((key, at)) = self.order.pop_front() else {
-            return false;
-        };
-        if self
-            .entries
-            .get(&key)
-            .is_some_and(|(expires, _)| *expires == at)
-        {
-            self.entries.remove(&key);
-        }
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1086,71 +1014,6 @@ mod tests {
         );
     }
 
-    fn decision(detail: &str) -> Decision {
-        Decision {
-            verdict: Verdict::Deny,
-            outcome: Outcome::Denied,
-            cached: false,
-            detail: detail.into(),
-        }
-    }
-
-    #[test]
-    fn cache_is_bounded_and_drops_the_oldest() {
-        let t0 = Instant::now();
-        let ttl = Duration::from_secs(10);
-        let mut c = Cache::new(ttl, 3);
-        for (i, k) in [[1; 32], [2; 32], [3; 32]].into_iter().enumerate() {
-            c.put(
-                k,
-                decision(&i.to_string()),
-                t0 + Duration::from_secs(i as u64),
-            );
-        }
-        let t4 = t0 + Duration::from_secs(4);
-        assert_eq!(c.get(&[1; 32], t4), Some(decision("0")));
-        c.put([4; 32], decision("3"), t4);
-        assert_eq!(c.entries.len(), 3);
-        assert_eq!(c.get(&[1; 32], t4), None);
-        assert_eq!(c.get(&[2; 32], t4), Some(decision("1")));
-        assert_eq!(c.get(&[4; 32], t4), Some(decision("3")));
-        // Storing a key again replaces it without evicting another.
-        c.put([4; 32], decision("again"), t4);
-        assert_eq!(c.entries.len(), 3);
-        assert_eq!(c.get(&[2; 32], t4), Some(decision("1")));
-        assert_eq!(c.get(&[4; 32], t4), Some(decision("again")));
-        // A flood of distinct keys stays at the cap, order included.
-        for i in 0..1000u32 {
-            let mut k = [0; 32];
-            k[..4].copy_from_slice(&i.to_le_bytes());
-            c.put(k, decision("flood"), t4);
-        }
-        assert_eq!(c.entries.len(), 3);
-        assert!(c.order.len() <= 6, "{}", c.order.len());
-    }
-
-    #[test]
-    fn cache_entries_expire_and_go_first() {
-        let t0 = Instant::now();
-        let mut c = Cache::new(Duration::from_secs(10), 3);
-        c.put([1; 32], decision("a"), t0);
-        c.put([2; 32], decision("b"), t0);
-        c.put([3; 32], decision("c"), t0 + Duration::from_secs(5));
-        assert!(c.get(&[1; 32], t0 + Duration::from_millis(9_999)).is_some());
-        assert_eq!(c.get(&[1; 32], t0 + Duration::from_secs(10)), None);
-        // At t0+10s, a and b are expired: both go, c stays.
-        c.put([4; 32], decision("d"), t0 + Duration::from_secs(10));
-        assert_eq!(c.entries.len(), 2);
-        assert!(c.get(&[3; 32], t0 + Duration::from_secs(10)).is_some());
-        assert!(c.get(&[4; 32], t0 + Duration::from_secs(10)).is_some());
-        // An expired key stored again lives again.
-        c.put([1; 32], decision("a2"), t0 + Duration::from_secs(11));
-        assert_eq!(
-            c.get(&[1; 32], t0 + Duration::from_secs(11)),
-            Some(decision("a2"))
-        );
-    }
-
     fn config(yaml: &str) -> AuthConfig {
         serde_yaml::from_str(yaml).unwrap()
     }
@@ -1279,7 +1142,10 @@ mod tests {
         );
         assert_eq!(d.outcome.label(), "error_allowed");
         // Failures are not cached.
-        assert!(auth.cache.as_ref().unwrap().lock().entries.is_empty());
+        use mini_moka::sync::ConcurrentCacheExt;
+        let cache = auth.cache.as_ref().unwrap();
+        cache.sync();
+        assert_eq!(cache.entry_count(), 0);
         server.abort();
     }
 
