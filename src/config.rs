@@ -243,6 +243,68 @@ pub struct ProxyConfig {
     /// of the same app and key goes to the same media server if it is
     /// healthy and has a free slot. `0s` turns it off.
     pub sticky_for: Millis<0, 86_400_000>,
+    /// PROXY protocol headers from a load balancer in front of `listen`
+    /// (an NLB, HAProxy), carrying the publisher's own address.
+    pub accept_proxy: AcceptProxy,
+    /// RTMPS listeners: TLS ends here, and the clients then take the same
+    /// path as plain RTMP ones.
+    pub tls: Vec<TlsListener>,
+}
+
+/// `proxy.accept_proxy`, and the same key in each `proxy.tls` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcceptProxy {
+    /// Which PROXY header every connection must open with: `off` (none is
+    /// read), `v1` (text), `v2` (binary, what an AWS NLB sends) or `any`.
+    pub mode: ProxyMode,
+    /// Sources allowed to send one (`10.0.0.0/16`, or one address): a
+    /// connection from anywhere else is closed, since its header would
+    /// let it claim any address.
+    pub trusted: Vec<Cidr>,
+}
+
+/// `proxy.accept_proxy.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    #[default]
+    Off,
+    V1,
+    V2,
+    Any,
+}
+
+/// A `proxy.tls` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    /// Address of the RTMPS listener, e.g. `0.0.0.0:443`.
+    pub listen: ListenAddr,
+    /// PEM file: the certificate, then the chain.
+    pub cert: String,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    #[serde(default)]
+    pub accept_proxy: AcceptProxy,
+}
+
+/// An IP network (`10.0.0.0/16`), or one address (`/32`, `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor(
+            "a CIDR such as 10.0.0.0/16, or an IP",
+            |v: &str| {
+                v.parse::<ipnet::IpNet>()
+                    .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(Self)
+                    .map_err(|_| format!("invalid CIDR {v:?} (e.g. 10.0.0.0/16 or 192.0.2.7)"))
+            },
+        ))
+    }
 }
 
 /// `proxy.auth`: HTTP hooks called the way nginx-rtmp's `on_publish` and
@@ -725,6 +787,20 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
             "proxy.slots.url: required when proxy.slots.store is redis (e.g. redis://127.0.0.1:6379/0)".into(),
         ));
     }
+    let accepting = std::iter::once(("proxy.accept_proxy".to_owned(), &proxy.accept_proxy)).chain(
+        proxy
+            .tls
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("proxy.tls[{i}].accept_proxy"), &t.accept_proxy)),
+    );
+    for (key, accept) in accepting {
+        if accept.mode != ProxyMode::Off && accept.trusted.is_empty() {
+            return Err(ConfigError(format!(
+                "{key}.trusted: required when mode is not off (the load balancers' addresses, e.g. the VPC CIDR 10.0.0.0/16)"
+            )));
+        }
+    }
     if proxy.protocol == Protocol::Tcp {
         let a = &proxy.auth;
         for (key, set) in [
@@ -755,11 +831,20 @@ pub fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
 /// is unspecified in the same family; `[::]` overlaps both families
 /// (a dual-stack socket on Linux by default).
 fn check_listeners(p: &ProxyConfig) -> Result<(), ConfigError> {
-    let listeners = [
+    let tls_keys: Vec<String> = (0..p.tls.len())
+        .map(|i| format!("proxy.tls[{i}].listen"))
+        .collect();
+    let mut listeners = vec![
         ("proxy.listen", &p.listen),
         ("proxy.health_listen", &p.health_listen),
         ("proxy.admin_listen", &p.admin_listen),
     ];
+    listeners.extend(
+        tls_keys
+            .iter()
+            .map(String::as_str)
+            .zip(p.tls.iter().map(|t| &t.listen)),
+    );
     let addrs: Vec<(&str, SocketAddr)> = listeners
         .iter()
         .filter_map(|(k, v)| v.parse().ok().map(|a| (*k, a)))
@@ -872,6 +957,8 @@ impl Default for ProxyConfig {
             auth: AuthConfig::default(),
             duplicate_publish: DuplicatePublish::default(),
             sticky_for: Millis::secs::<DEFAULT_STICKY_FOR_SECS>(),
+            accept_proxy: AcceptProxy::default(),
+            tls: Vec::new(),
         }
     }
 }
@@ -1130,6 +1217,42 @@ mod tests {
         parse(yaml)
             .expect_err("config should be rejected")
             .to_string()
+    }
+
+    #[test]
+    fn edge_keys() {
+        let c = parse(
+            "proxy:\n  accept_proxy:\n    mode: v2\n    trusted: [10.0.0.0/16, 127.0.0.2]\n  tls:\n    - listen: \"0.0.0.0:443\"\n      cert: /c.pem\n      key: /k.pem\n",
+        )
+        .unwrap();
+        assert_eq!(c.accept_proxy.mode, ProxyMode::V2);
+        let trusted: Vec<String> = c
+            .accept_proxy
+            .trusted
+            .iter()
+            .map(|c| c.0.to_string())
+            .collect();
+        assert_eq!(trusted, ["10.0.0.0/16", "127.0.0.2/32"]);
+        assert_eq!(
+            (c.tls.len(), c.tls[0].accept_proxy.mode),
+            (1, ProxyMode::Off)
+        );
+        assert_eq!(
+            err("proxy:\n  accept_proxy:\n    mode: any\n"),
+            "proxy.accept_proxy.trusted: required when mode is not off (the load balancers' addresses, e.g. the VPC CIDR 10.0.0.0/16)"
+        );
+        assert_eq!(
+            err("proxy:\n  accept_proxy:\n    mode: v2\n    trusted: [10.0.0.0/33]\n"),
+            "4: proxy.accept_proxy.trusted[0]: invalid CIDR \"10.0.0.0/33\" (e.g. 10.0.0.0/16 or 192.0.2.7)"
+        );
+        assert!(err(
+            "proxy:\n  tls:\n    - listen: \"0.0.0.0:1935\"\n      cert: c\n      key: k\n"
+        )
+        .contains("proxy.tls[0].listen: 0.0.0.0:1935 overlaps proxy.listen"));
+        assert!(
+            err("proxy:\n  tls:\n    - listen: \"0.0.0.0:443\"\n      cert: c\n")
+                .contains("missing field `key`")
+        );
     }
 
     #[test]
