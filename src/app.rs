@@ -41,6 +41,7 @@ use crate::lifecycle::{ExitFn, Lifecycle, SignalError, Signals};
 use crate::memory;
 use crate::metrics;
 use crate::protection::Protection;
+use crate::proxy::edge::{Certificate, CertificateError, Edge};
 use crate::proxy::publishers::Publishers;
 use crate::proxy::{listener::Listener, Forwarded};
 use crate::runtime::RuntimeError;
@@ -74,9 +75,14 @@ pub enum StartError {
     Daemon,
     #[error("{key}: cannot listen on {addr}: {source}")]
     Listen {
-        key: &'static str,
+        key: String,
         addr: String,
         source: std::io::Error,
+    },
+    #[error("{key}: {source}")]
+    Certificate {
+        key: String,
+        source: CertificateError,
     },
     #[error(transparent)]
     Signals(#[from] SignalError),
@@ -94,7 +100,7 @@ pub enum StartError {
 /// error, after `-t`, or after SIGINT.
 pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     let mut opt = cli.pingora;
-    let Some((server_conf, proxy)) = configure(&mut opt)? else {
+    let Some((server_conf, proxy, certificates)) = configure(&mut opt)? else {
         return Ok(());
     };
     raise_fd_limit();
@@ -106,6 +112,9 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
         probe_listen("proxy.listen", &proxy.listen)?;
         probe_listen("proxy.health_listen", &proxy.health_listen)?;
         probe_listen("proxy.admin_listen", &proxy.admin_listen)?;
+        for (i, t) in proxy.tls.iter().enumerate() {
+            probe_listen(&format!("proxy.tls[{i}].listen"), &t.listen)?;
+        }
     }
 
     let table = core::slot_table(&proxy);
@@ -147,7 +156,7 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     }
     memory::trim_periodically();
     let core = Arc::new(build_core(&proxy, table, &lifecycle, &handoff, streams)?);
-    compose(&mut server, &proxy, core, forward_rx);
+    compose(&mut server, &proxy, core, forward_rx, certificates);
     info!(
         "rtmp-proxy {} listening on {} (health {}, admin {})",
         env!("CARGO_PKG_VERSION"),
@@ -162,10 +171,21 @@ pub fn run(cli: Cli, exit: ExitFn) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Reads and checks the config file; `None` after `-t`, which only checks.
-fn configure(opt: &mut Opt) -> Result<Option<(ServerConf, ProxyConfig)>, StartError> {
+/// Reads and checks the config file and the TLS listeners' certificates;
+/// `None` after `-t`, which only checks.
+fn configure(opt: &mut Opt) -> Result<Option<Configured>, StartError> {
     let path = opt.conf.take().ok_or(StartError::NoConfig)?;
     let (text, proxy) = config::load(Path::new(&path))?;
+    let mut certificates = Vec::with_capacity(proxy.tls.len());
+    for (i, listener) in proxy.tls.iter().enumerate() {
+        let name = format!("proxy.tls[{i}]");
+        let certificate =
+            Certificate::load(&name, listener).map_err(|e| StartError::Certificate {
+                key: name.clone(),
+                source: e,
+            })?;
+        certificates.push(certificate);
+    }
     let mut server_conf = ServerConf::from_yaml(&text).map_err(|e| StartError::ServerConf {
         path: path.clone(),
         message: e.to_string(),
@@ -180,8 +200,11 @@ fn configure(opt: &mut Opt) -> Result<Option<(ServerConf, ProxyConfig)>, StartEr
         println!("{path}: configuration OK");
         return Ok(None);
     }
-    Ok(Some((server_conf, proxy)))
+    Ok(Some((server_conf, proxy, certificates)))
 }
+
+/// Pingora's settings, ours, and each `proxy.tls` listener's certificate.
+type Configured = (ServerConf, ProxyConfig, Vec<Arc<Certificate>>);
 
 /// The core, once the process owns its sockets: the Redis slot store,
 /// scale-in protection and the access log start here.
@@ -256,11 +279,11 @@ fn raise_fd_limit() {
     }
 }
 
-fn probe_listen(key: &'static str, addr: &str) -> Result<(), StartError> {
+fn probe_listen(key: &str, addr: &str) -> Result<(), StartError> {
     TcpListener::bind(addr)
         .map(drop)
         .map_err(|source| StartError::Listen {
-            key,
+            key: key.to_owned(),
             addr: addr.into(),
             source,
         })
@@ -272,6 +295,7 @@ fn compose(
     proxy: &ProxyConfig,
     core: Arc<Core>,
     forwarded: UnboundedReceiver<ForwardedClient>,
+    certificates: Vec<Arc<Certificate>>,
 ) {
     let table = &core.table;
     let mut sources: Vec<(&'static str, Box<dyn ServiceDiscovery + Send + Sync>)> = vec![(
@@ -299,8 +323,21 @@ fn compose(
     let backends = server.add_service(background_service("backends", lb));
 
     let threads = server.configuration.threads;
-    let rtmp = Listener::new(core.clone(), &proxy.listen, threads);
+    let plain = Edge::new("proxy.listen", &proxy.accept_proxy, None);
+    let rtmp = Listener::new(core.clone(), plain, &proxy.listen, threads);
     server.add_service(rtmp).add_dependency(&backends);
+    for (i, (tls, certificate)) in proxy.tls.iter().zip(certificates).enumerate() {
+        // New clients get the files as they are now; sessions keep theirs.
+        let reloaded = certificate.clone();
+        core.lifecycle.on_hangup(move || reloaded.reload());
+        let edge = Edge::new(
+            &format!("proxy.tls[{i}]"),
+            &tls.accept_proxy,
+            Some(certificate),
+        );
+        let listener = Listener::new(core.clone(), edge, &tls.listen, threads);
+        server.add_service(listener).add_dependency(&backends);
+    }
     server
         .add_service(background_service(
             "forwarded",

@@ -10,6 +10,12 @@ use serde::{Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     // Rejected: closed before it reached a backend.
+    /// A PROXY header from a source not in `accept_proxy.trusted`.
+    ProxyHeaderUntrusted,
+    /// No valid PROXY header where `accept_proxy` requires one.
+    ProxyHeaderInvalid,
+    /// The TLS handshake failed (`proxy.tls`).
+    TlsHandshake,
     /// No `publish` or `play` within `handshake_timeout` (`rtmp` mode).
     HandshakeTimeout,
     /// A first byte other than 3: not RTMP.
@@ -65,6 +71,9 @@ impl Reason {
     /// The label in metrics and the access log.
     pub fn label(self) -> &'static str {
         match self {
+            Reason::ProxyHeaderUntrusted => "proxy_header_untrusted",
+            Reason::ProxyHeaderInvalid => "proxy_header_invalid",
+            Reason::TlsHandshake => "tls_handshake",
             Reason::HandshakeTimeout => "handshake_timeout",
             Reason::HandshakeBadVersion => "handshake_bad_version",
             Reason::HandshakeIncomplete => "handshake_incomplete",

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use rtmp_proxy::core::Core;
+use rtmp_proxy::proxy::edge::Edge;
 use rtmp_proxy::proxy::listener;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
@@ -41,7 +42,8 @@ impl InProcess {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(listener::run(socket, core.clone(), async {
+        let edge = Arc::new(Edge::plain("proxy.listen"));
+        tokio::spawn(listener::run(socket, core.clone(), edge, async {
             let _ = stopped.await;
         }));
         InProcess {

@@ -19,7 +19,6 @@ use rtmp_proxy::rtmp::amf0::Value as Amf0;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
 
 const C0C1_LEN: usize = 1537;
 
@@ -220,115 +219,6 @@ fn metric_blocking(proxy: &Proxy, name: &str) -> f64 {
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         })
         .unwrap_or(0.0)
-}
-
-/// What a PROXY-aware test backend saw on one connection.
-#[derive(Debug)]
-struct Seen {
-    version: &'static str,
-    source: SocketAddr,
-    destination: SocketAddr,
-    /// The client bytes that followed the header (C0+C1).
-    c0c1: Vec<u8>,
-}
-
-/// A backend that parses a PROXY header (v1 or v2, with `ppp`), then reads
-/// C0+C1 and answers the handshake, then starts any publish it is sent.
-/// Connections that close without a header (health checks) are ignored.
-async fn proxy_header_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Result<Seen, String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if let Some(seen) = read_proxied(sock).await {
-                    let _ = tx.send(seen);
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
-fn unspecified() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 0))
-}
-
-async fn read_proxied(mut sock: TcpStream) -> Option<Result<Seen, String>> {
-    use ppp::{v1, v2, HeaderResult, PartialResult};
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let (version, source, destination, len) = loop {
-        let parsed = HeaderResult::parse(&buf);
-        if !parsed.is_incomplete() {
-            break match parsed {
-                HeaderResult::V1(Ok(h)) => match h.addresses {
-                    v1::Addresses::Tcp4(a) => (
-                        "v1",
-                        SocketAddr::from((a.source_address, a.source_port)),
-                        SocketAddr::from((a.destination_address, a.destination_port)),
-                        h.header.len(),
-                    ),
-                    // A health check: no client behind it.
-                    v1::Addresses::Unknown => {
-                        ("check", unspecified(), unspecified(), h.header.len())
-                    }
-                    other => return Some(Err(format!("v1 addresses {other:?}"))),
-                },
-                HeaderResult::V2(Ok(h)) => match h.addresses {
-                    v2::Addresses::IPv4(a) if h.command == v2::Command::Proxy => (
-                        "v2",
-                        SocketAddr::from((a.source_address, a.source_port)),
-                        SocketAddr::from((a.destination_address, a.destination_port)),
-                        h.header.len(),
-                    ),
-                    _ if h.command == v2::Command::Local => {
-                        ("check", unspecified(), unspecified(), h.header.len())
-                    }
-                    other => return Some(Err(format!("v2 {:?} {other:?}", h.command))),
-                },
-                other => return Some(Err(format!("bad header {other:?} in {buf:?}"))),
-            };
-        }
-        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return None,
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            other => return Some(Err(format!("incomplete header {buf:?}: {other:?}"))),
-        }
-    };
-    let mut hello = buf.split_off(len);
-    while hello.len() < C0C1_LEN {
-        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => hello.extend_from_slice(&chunk[..n]),
-            other => return Some(Err(format!("no C0+C1 after the header: {other:?}"))),
-        }
-    }
-    let reply = rtmp_proxy::rtmp::handshake::answer(&hello[..C0C1_LEN]);
-    if let Err(e) = sock.write_all(&reply).await {
-        return Some(Err(format!("cannot answer: {e}")));
-    }
-    // Answered like a server would, and not reported.
-    if version == "check" {
-        return None;
-    }
-    let seen = Seen {
-        version,
-        source,
-        destination,
-        c0c1: hello,
-    };
-    tokio::spawn(async move {
-        // The proxy's C2, then the client's commands through its publish.
-        if read_until(&mut sock, b"publish").await {
-            let _ = sock
-                .write_all(&on_status("status", "NetStream.Publish.Start"))
-                .await;
-            let _ = tokio::io::copy(&mut sock, &mut tokio::io::sink()).await;
-        }
-    });
-    Some(Ok(seen))
 }
 
 /// Acceptance 4, raw: the header names the client's own address (bound to

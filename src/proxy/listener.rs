@@ -27,6 +27,7 @@ use pingora_core::services::Service;
 use socket2::SockRef;
 use tokio::net::TcpListener;
 
+use super::edge::Edge;
 use crate::core::Core;
 use crate::runtime;
 
@@ -37,17 +38,19 @@ const BACKLOG: i32 = 65535;
 /// memory; the connection waits in the backlog meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The `proxy.listen` service.
+/// The `proxy.listen` service, or a `proxy.tls` one.
 pub struct Listener {
     core: Arc<Core>,
+    edge: Arc<Edge>,
     addr: String,
     threads: usize,
 }
 
 impl Listener {
-    pub fn new(core: Arc<Core>, addr: &str, threads: usize) -> Self {
+    pub fn new(core: Arc<Core>, edge: Edge, addr: &str, threads: usize) -> Self {
         Self {
             core,
+            edge: Arc::new(edge),
             addr: addr.to_string(),
             threads: threads.max(1),
         }
@@ -196,9 +199,9 @@ impl Service for Listener {
     ) {
         // The address was free at start-up (app.rs probes it); the proxy
         // port that cannot be served must not leave the process half up.
-        let fatal =
-            |why: &dyn std::fmt::Display| -> ! { self.core.lifecycle.fatal("proxy.listen", why) };
-        let socket = socket("proxy.listen", &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(&e));
+        let name = self.edge.name.clone();
+        let fatal = |why: &dyn std::fmt::Display| -> ! { self.core.lifecycle.fatal(&name, why) };
+        let socket = socket(&name, &self.addr, fds.as_ref()).unwrap_or_else(|e| fatal(&e));
         // Every thread accepts on the socket through a descriptor of its
         // own (its runtime's poller registers it). The first thread keeps
         // the original, whose number is in the descriptor table.
@@ -212,19 +215,20 @@ impl Service for Listener {
         for (n, socket) in per_thread.into_iter().enumerate() {
             // After shutdown the runtime lives on with its connections
             // until they end or the process exits (`lifecycle`'s drain).
-            let runtime = runtime::dedicated(&format!("proxy-{n}")).unwrap_or_else(|e| fatal(&e));
+            let runtime = runtime::dedicated(&format!("{name}-{n}")).unwrap_or_else(|e| fatal(&e));
             // Non-blocking already: made so (`bind`) or set when taken over.
             let listener = {
                 let _in_runtime = runtime.enter();
                 TcpListener::from_std(socket)
                     .unwrap_or_else(|e| fatal(&format!("cannot use a listening socket: {e}")))
             };
-            runtime.spawn(accept_loop(listener, self.core.clone(), shutdown.clone()));
+            let (core, edge) = (self.core.clone(), self.edge.clone());
+            runtime.spawn(accept_loop(listener, core, edge, shutdown.clone()));
         }
     }
 
     fn name(&self) -> &str {
-        "rtmp proxy"
+        &self.edge.name
     }
 
     fn threads(&self) -> Option<usize> {
@@ -237,9 +241,14 @@ impl Service for Listener {
 /// until `shutdown` resolves; connections already accepted run on. The
 /// in-process entry point (with [`Core::standalone`]) as well as each
 /// thread's accept loop.
-pub async fn run(listener: TcpListener, core: Arc<Core>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    core: Arc<Core>,
+    edge: Arc<Edge>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
-    let mut errors = AcceptErrors::new("proxy.listen");
+    let mut errors = AcceptErrors::new(&edge.name);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -249,18 +258,23 @@ pub async fn run(listener: TcpListener, core: Arc<Core>, shutdown: impl Future<O
         match accepted {
             Ok((client, peer)) => {
                 errors.accepted();
-                let core = core.clone();
+                let (core, edge) = (core.clone(), edge.clone());
                 tokio::spawn(async move {
-                    super::serve(&core, client, peer.to_string(), Vec::new()).await
+                    super::serve(&core, &edge, client, peer.to_string(), Vec::new()).await
                 });
             }
             Err(e) => errors.failed(&e).await,
         }
     }
-    info!("proxy.listen: no longer accepting");
+    info!("{}: no longer accepting", edge.name);
 }
 
-async fn accept_loop(listener: TcpListener, core: Arc<Core>, mut shutdown: ShutdownWatch) {
+async fn accept_loop(
+    listener: TcpListener,
+    core: Arc<Core>,
+    edge: Arc<Edge>,
+    mut shutdown: ShutdownWatch,
+) {
     // One wait for shutdown for the whole loop: a fresh one per accept
     // would join and leave the channel's waiter list (a lock shared by
     // every thread) for each connection.
@@ -271,7 +285,7 @@ async fn accept_loop(listener: TcpListener, core: Arc<Core>, mut shutdown: Shutd
             }
         }
     };
-    run(listener, core, stop).await;
+    run(listener, core, edge, stop).await;
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@
 
 pub mod backend;
 pub mod duplex;
+pub mod edge;
 pub mod listener;
 pub mod publishers;
 pub mod rtmp;
@@ -66,6 +67,7 @@ use crate::rtmp::{redact, Role};
 use crate::streams::{app_name, display_app, shared_id, Registration};
 use backend::ConnectError;
 use duplex::{End, Flow, Side};
+use edge::{ClientIo, Edge, EdgeError};
 use publishers::Handover;
 use rtmp::Greeted;
 
@@ -84,34 +86,68 @@ const TAKEOVER_POLL: Duration = Duration::from_millis(50);
 /// Numbers connections, as nginx-rtmp's `clientid` does.
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one client; `pending` holds bytes already read from it (by an
-/// older process, for a client it passed on).
-pub async fn serve(core: &Core, client: TcpStream, peer: String, pending: Vec<u8>) {
+/// Serves one client accepted on `edge`'s listener: its PROXY header and
+/// TLS handshake first, if the listener asks for them. `pending` holds
+/// bytes already read from it (by an older process, for a client it
+/// passed on).
+pub async fn serve(
+    core: &Core,
+    edge: &Edge,
+    mut client: TcpStream,
+    peer: String,
+    pending: Vec<u8>,
+) {
     metrics::get().accepted.inc();
-    let connection = Connection {
-        core,
-        session: core.lifecycle.session(),
-        client,
-        pending,
-        ctx: Context {
-            peer,
-            client_id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
-            ..Context::default()
-        },
-        taken: None,
-        greeted: None,
-        live: None,
-        handover: None,
+    let session = core.lifecycle.session();
+    let accepted = tokio::time::Instant::now();
+    // Config bounds keep this from overflowing.
+    let deadline = accepted
+        .checked_add(core.settings.handshake_timeout)
+        .unwrap_or(accepted);
+    let mut ctx = Context {
+        peer,
+        client_id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        ..Context::default()
     };
-    connection.run().await;
+    let refused = |ctx: Context, e: EdgeError| async move {
+        let why = format!("{}: {e}", edge.name);
+        ctx.finish(core, None, Outcome::Rejected(e.reason(), why), None)
+            .await;
+    };
+    let origin = match edge.proxy_header(&mut client, deadline).await {
+        Ok(origin) => origin,
+        Err(e) => return refused(ctx, e).await,
+    };
+    if let Some((from, _)) = origin {
+        ctx.peer = from.to_string();
+    }
+    match edge.tls() {
+        None => {
+            let connection = Connection::new(core, session, client, pending, ctx, origin, deadline);
+            connection.run().await;
+        }
+        Some(certificate) => match certificate.accept(client, deadline).await {
+            Ok(tls) => {
+                let connection =
+                    Connection::new(core, session, tls, pending, ctx, origin, deadline);
+                Box::pin(connection.run()).await;
+            }
+            Err(e) => refused(ctx, e).await,
+        },
+    }
 }
 
 /// One client connection and what it holds.
-struct Connection<'a> {
+struct Connection<'a, S> {
     core: &'a Core,
     /// Keeps the process from exiting while the client is here.
     session: SessionGuard,
-    client: TcpStream,
+    client: S,
+    /// The client's and our address as a PROXY header from a load
+    /// balancer gave them; else they are the socket's.
+    origin: Option<(SocketAddr, SocketAddr)>,
+    /// The end of the client's `handshake_timeout`.
+    deadline: tokio::time::Instant,
     /// Bytes read from the client and not yet sent on.
     pending: Vec<u8>,
     ctx: Context,
@@ -175,7 +211,37 @@ enum Outcome {
     Ended(End),
 }
 
-impl Connection<'_> {
+impl<'a, S: ClientIo> Connection<'a, S> {
+    fn new(
+        core: &'a Core,
+        session: SessionGuard,
+        client: S,
+        pending: Vec<u8>,
+        ctx: Context,
+        origin: Option<(SocketAddr, SocketAddr)>,
+        deadline: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            core,
+            session,
+            client,
+            origin,
+            deadline,
+            pending,
+            ctx,
+            taken: None,
+            greeted: None,
+            live: None,
+            handover: None,
+        }
+    }
+
+    /// The client's and our address, for a PROXY header to a backend.
+    fn addresses(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.origin
+            .or_else(|| rtmp::addresses(self.client.socket()))
+    }
+
     /// The phases, then the one end of every connection. What follows the
     /// phases runs boxed: a live connection's task holds the phases'
     /// state only.
@@ -237,9 +303,14 @@ impl Connection<'_> {
 
     /// `protocol: rtmp`: the client's `publish` or `play` before any slot.
     async fn front(&mut self) -> Result<(), Stop> {
-        let greeted = rtmp::front(&self.core.settings, &mut self.client, &mut self.pending)
-            .await
-            .map_err(|e| Stop::Rejected(e.reason(), e.to_string()))?;
+        let greeted = rtmp::front(
+            &self.core.settings,
+            &mut self.client,
+            &mut self.pending,
+            self.deadline,
+        )
+        .await
+        .map_err(|e| Stop::Rejected(e.reason(), e.to_string()))?;
         if let Some(g) = &greeted {
             metrics::get()
                 .streams_identified
@@ -258,6 +329,9 @@ impl Connection<'_> {
     /// `proxy.auth`: the platform allows or denies the publish or play,
     /// and may name its server or rename the stream.
     async fn authorize(&mut self) -> Result<(), Stop> {
+        let addr = self
+            .addresses()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |(client, _)| client.ip());
         let Some(g) = &mut self.greeted else {
             return Ok(());
         };
@@ -265,10 +339,6 @@ impl Connection<'_> {
         if !auth.asks(&g.info.role) {
             return Ok(());
         }
-        let addr = self
-            .client
-            .peer_addr()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let call = Call {
             info: &g.info,
             addr,
@@ -494,7 +564,7 @@ impl Connection<'_> {
         });
         let opening = rtmp::opening(
             &self.core.settings,
-            || rtmp::addresses(&self.client),
+            || self.addresses(),
             &self.ctx.peer,
             g.replay.as_deref().unwrap_or(&self.pending),
         );
@@ -639,7 +709,7 @@ impl Connection<'_> {
         let replay = self.greeted.as_ref().and_then(|g| g.replay.as_deref());
         let opening = rtmp::opening(
             &self.core.settings,
-            || rtmp::addresses(&self.client),
+            || self.addresses(),
             &self.ctx.peer,
             replay.unwrap_or(&self.pending),
         );
@@ -808,7 +878,16 @@ impl Connection<'_> {
             taken,
             ..
         } = self;
-        if let Err((_client, _session)) = core.handoff.forward(client, &ctx.peer, pending, session)
+        // A TLS session cannot leave this process: it ends as handed_off.
+        let Some(socket) = client.into_socket() else {
+            let why = "a TLS session cannot be passed to the new process".to_owned();
+            ctx.finish(core, taken, Outcome::Rejected(Reason::HandedOff, why), None)
+                .await;
+            drop(session);
+            return;
+        };
+        // Held until the client is counted: the process may exit after.
+        if let Err((_socket, _session)) = core.handoff.forward(socket, &ctx.peer, pending, session)
         {
             let why = "no new process to pass the client to".to_owned();
             ctx.finish(core, taken, Outcome::Rejected(Reason::HandedOff, why), None)
@@ -944,7 +1023,7 @@ fn rewrite(mut rechunker: Rechunker) -> duplex::Rewrite {
 /// Reads what a told client still sends until it closes, for at most
 /// [`REFUSAL_LINGER`]: closing with unread bytes would reset the
 /// connection and could discard the error before the client reads it.
-async fn linger(client: &mut TcpStream) {
+async fn linger<S: tokio::io::AsyncRead + Unpin>(client: &mut S) {
     let drain = async {
         let mut sink = [0u8; 1024];
         while matches!(tokio::io::AsyncReadExt::read(client, &mut sink).await, Ok(n) if n > 0) {}
@@ -1036,7 +1115,11 @@ impl BackgroundService for Forwarded {
                 }
             };
             let core = self.core.clone();
-            tokio::spawn(async move { serve(&core, stream, c.peer, c.pending).await });
+            tokio::spawn(async move {
+                // Its PROXY header and TLS were the old process's affair.
+                let edge = Edge::plain("upgrade");
+                serve(&core, &edge, stream, c.peer, c.pending).await
+            });
         }
     }
 }

@@ -22,6 +22,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -126,7 +128,9 @@ pub const CLIENT_HANDSHAKE_LEN: usize = C0C1_LEN + C2_LEN;
 
 /// `rtmp` mode: answers the client's handshake and commands until its
 /// `publish` or `play`, reading into `pending`, which then holds every
-/// byte the client sent. `None` in `tcp` mode.
+/// byte the client sent, by `deadline` (the end of its `handshake_timeout`,
+/// which a PROXY header and TLS handshake began to use). `None` in `tcp`
+/// mode.
 ///
 /// A client passed on by an upgrade arrives with those bytes already read
 /// and answered by the old process: they are read again here without
@@ -135,6 +139,7 @@ pub async fn front<S: AsyncRead + AsyncWrite + Unpin>(
     settings: &Settings,
     client: &mut S,
     pending: &mut Vec<u8>,
+    deadline: Instant,
 ) -> Result<Option<Greeted>, GateError> {
     if settings.protocol != Protocol::Rtmp {
         return Ok(None);
@@ -174,7 +179,7 @@ pub async fn front<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    let outcome = tokio::time::timeout(settings.handshake_timeout, talk).await;
+    let outcome = tokio::time::timeout_at(deadline, talk).await;
     match outcome {
         Ok(result) => result,
         Err(_) => Err(GateError::Timeout {
@@ -520,6 +525,11 @@ mod tests {
         Settings::from(&config)
     }
 
+    /// The end of a client's handshake_timeout that begins now.
+    fn deadline(settings: &Settings) -> Instant {
+        Instant::now() + settings.handshake_timeout
+    }
+
     /// A proxy-side stream and the peer's end of it.
     fn pipe() -> (DuplexStream, DuplexStream) {
         tokio::io::duplex(64 * 1024)
@@ -547,7 +557,7 @@ mod tests {
             peer.write_all(piece).await.unwrap();
         }
         drop_writes(&mut peer).await;
-        let result = front(settings, &mut client, pending).await;
+        let result = front(settings, &mut client, pending, deadline(settings)).await;
         drop(client);
         let mut answers = Vec::new();
         peer.read_to_end(&mut answers).await.unwrap();
@@ -620,7 +630,10 @@ mod tests {
     async fn the_front_times_out_a_silent_client() {
         let r = rtmp_mode("  handshake_timeout: 2s\n");
         let (mut client, _peer) = pipe();
-        let e = front(&r, &mut client, &mut Vec::new()).await.err().unwrap();
+        let e = front(&r, &mut client, &mut Vec::new(), deadline(&r))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e.reason(), Reason::HandshakeTimeout);
         assert_eq!(
             e.to_string(),
@@ -633,7 +646,7 @@ mod tests {
         let r = rtmp_mode("  protocol: tcp\n");
         let (mut client, _peer) = pipe();
         let mut pending = Vec::new();
-        assert!(front(&r, &mut client, &mut pending)
+        assert!(front(&r, &mut client, &mut pending, deadline(&r))
             .await
             .unwrap()
             .is_none());

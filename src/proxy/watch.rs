@@ -4,6 +4,8 @@
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 
+use super::edge::ClientIo;
+
 /// Bytes a queued client may send before we stop reading from it.
 const MAX_PENDING: usize = 64 * 1024;
 
@@ -12,11 +14,12 @@ const MAX_PENDING: usize = 64 * 1024;
 ///
 /// Reads go straight into `pending`: a buffer on the stack would live in
 /// every connection's task for as long as the connection does.
-pub(super) async fn queued_client(client: &mut TcpStream, pending: &mut Vec<u8>) {
+pub(super) async fn queued_client<S: ClientIo>(client: &mut S, pending: &mut Vec<u8>) {
     loop {
         let room = MAX_PENDING.saturating_sub(pending.len());
         if room == 0 {
-            return hang_up(client).await;
+            // TLS or not, a hang-up shows on the socket underneath.
+            return hang_up(client.socket()).await;
         }
         pending.reserve(room.min(4096));
         match (&mut *client).take(room as u64).read_buf(pending).await {
