@@ -59,7 +59,8 @@ RUN groupadd --system --gid 10001 rtmp-proxy \
 COPY deploy/rtmp-proxy.yaml /etc/rtmp-proxy/rtmp-proxy.yaml
 COPY deploy/entrypoint.sh /usr/local/bin/rtmp-proxy-entrypoint
 USER 10001:10001
-# 1935 RTMP (public), 8000 GET /health (load balancer checks). The admin
+# 1935 RTMP (public), 8000 GET /health (load balancer checks) and
+# /health/fleet (media servers with room, for Route53 failover). The admin
 # listener stays on 127.0.0.1:8001 inside the container and is not exposed.
 EXPOSE 1935 8000
 # SIGTERM starts the drain (see README, "Deploy to AWS"); it is Docker's and

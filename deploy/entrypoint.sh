@@ -16,7 +16,12 @@
 #   RTMP_PROXY_SCALE_IN_PROTECTION_CLUSTER
 #                                   proxy.scale_in_protection.cluster
 #   RTMP_PROXY_SLOTS_STORE          proxy.slots.store (local|redis)
-#   RTMP_PROXY_SLOTS_REDIS_URL      proxy.slots.url (redis://host:6379/0)
+#   RTMP_PROXY_SLOTS_REDIS_URL      proxy.slots.url (redis://host:6379/0); on
+#                                   ECS from Secrets Manager (task definition
+#                                   Secrets), as it may carry a password
+#   RTMP_PROXY_ACCEPT_PROXY_MODE    proxy.accept_proxy.mode (off|v1|v2|any)
+#   RTMP_PROXY_ACCEPT_PROXY_TRUSTED proxy.accept_proxy.trusted, comma-separated
+#                                   CIDRs (10.0.0.0/16,10.1.0.0/16)
 #   RUST_LOG                        log level; read by rtmp-proxy itself
 #
 # The binary reads only its YAML file, so an override rewrites the value of
@@ -26,7 +31,9 @@
 # silently ignored. Each value is checked for its kind so that it cannot
 # change the YAML's structure: names take the characters of DNS names and
 # region codes (an HTTP namespace named otherwise needs a mounted config),
-# booleans are true or false, URLs have no quotes, backslashes or spaces.
+# booleans are true or false, URLs have no quotes, backslashes or spaces,
+# modes are one of the four, CIDR lists only hex digits, '.', ':', '/' and
+# commas (the binary checks each CIDR).
 # RTMP_PROXY_RENDERED_CONFIG and RTMP_PROXY_BIN move the copy and the binary
 # for tests/deploy_config.rs.
 set -eu
@@ -46,7 +53,8 @@ script=""
 for spec in RTMP_PROXY_CLOUD_MAP_NAMESPACE:name RTMP_PROXY_CLOUD_MAP_SERVICE:name \
     RTMP_PROXY_CLOUD_MAP_REGION:name RTMP_PROXY_SCALE_IN_PROTECTION:bool \
     RTMP_PROXY_SCALE_IN_PROTECTION_CLUSTER:name RTMP_PROXY_SLOTS_STORE:name \
-    RTMP_PROXY_SLOTS_REDIS_URL:url; do
+    RTMP_PROXY_SLOTS_REDIS_URL:url RTMP_PROXY_ACCEPT_PROXY_MODE:proxy_mode \
+    RTMP_PROXY_ACCEPT_PROXY_TRUSTED:cidrs; do
     name=${spec%:*}
     eval "value=\${$name:-}"
     [ -n "$value" ] || continue
@@ -68,6 +76,17 @@ for spec in RTMP_PROXY_CLOUD_MAP_NAMESPACE:name RTMP_PROXY_CLOUD_MAP_SERVICE:nam
             esac
             # `&` means "the match" in sed's replacement.
             yaml="\"$(printf '%s' "$value" | sed 's/&/\\&/g')\"" ;;
+        proxy_mode)
+            case "$value" in
+                off | v1 | v2 | any) yaml="\"$value\"" ;;
+                *) die "$name=$value: off, v1, v2 or any" ;;
+            esac ;;
+        cidrs)
+            # A YAML list of quoted strings: "a,b" -> ["a", "b"].
+            case "$value" in
+                *[!0-9A-Fa-f.:/,]* | ,* | *, | *,,*) die "$name=$value: comma-separated CIDRs such as 10.0.0.0/16,10.1.0.0/16" ;;
+            esac
+            yaml="[\"$(printf '%s' "$value" | sed 's/,/", "/g')\"]" ;;
     esac
     count=$(grep -c -- "# env $name\$" "$src" || true)
     [ "$count" = 1 ] || die "$name is set but $src has $count lines ending in '# env $name' (need exactly 1)"

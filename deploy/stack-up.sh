@@ -31,8 +31,12 @@ AWS_REGION / ...):
                         ASSIGN_PUBLIC_IP (DISABLED), NLB_SCHEME (internet-facing),
                         LOG_LEVEL (info), DEREGISTRATION_DELAY (120),
                         SCALE_IN_PROTECTION (false), MEDIA_CLUSTER (ECS_CLUSTER),
-                        REDIS_URL (none: per-task slot counts), SERVICE_NAME (rtmp-proxy),
-                        NOFILE_LIMIT (262144), LOG_RETENTION_DAYS (30)
+                        REDIS_URL_SECRET_ARN (none: per-task slot counts; the ARN of a
+                        Secrets Manager secret holding the redis:// URL),
+                        TLS_CERTIFICATE_ARN (none: no RTMPS; an ACM certificate ARN
+                        adds the NLB's TLS listener on 443 and PROXY v2),
+                        SERVICE_NAME (rtmp-proxy), NOFILE_LIMIT (262144),
+                        LOG_RETENTION_DAYS (30)
 
 Optional values left unset keep the stack's current value on an update (the
 template's default on creation).
@@ -115,7 +119,12 @@ else
   optional DEREGISTRATION_DELAY DeregistrationDelay
   optional SCALE_IN_PROTECTION ScaleInProtection
   optional MEDIA_CLUSTER MediaClusterName
-  optional REDIS_URL RedisUrl
+  # The URL itself would end up in the task definition, readable by whoever
+  # can describe it: the template takes the ARN of a secret holding it.
+  [ -z "${REDIS_URL:-}" ] ||
+    die "REDIS_URL is no longer passed as is: store the URL in Secrets Manager and set REDIS_URL_SECRET_ARN to the secret's ARN"
+  optional REDIS_URL_SECRET_ARN RedisUrlSecretArn
+  optional TLS_CERTIFICATE_ARN TlsCertificateArn
   optional SERVICE_NAME ServiceName
   optional NOFILE_LIMIT NofileLimit
 fi

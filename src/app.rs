@@ -4,8 +4,9 @@
 //! | service          | listens on            | job                                  |
 //! |------------------|-----------------------|--------------------------------------|
 //! | `BG backends`    | -                     | discovery + health checks (Pingora LB) |
-//! | `rtmp proxy`     | `proxy.listen`        | [`crate::proxy`]                     |
-//! | `proxy.health_listen` | `proxy.health_listen` | `GET /health` ([`crate::http::server`]) |
+//! | `proxy.listen`   | `proxy.listen`        | [`crate::proxy`]                     |
+//! | `proxy.tls[i]`   | `proxy.tls[i].listen` | the same, after TLS ([`crate::proxy::edge`]) |
+//! | `proxy.health_listen` | `proxy.health_listen` | `GET /health`, `/health/fleet` ([`crate::http::server`]) |
 //! | `proxy.admin_listen`  | `proxy.admin_listen`  | `/backends`, `/streams`, `/metrics`  |
 //! | `BG forwarded`   | -                     | clients an old process passes on     |
 

@@ -163,7 +163,9 @@ impl<'de> Visitor<'de> for UnknownKey {
 pub struct ProxyConfig {
     /// RTMP/TCP listen address.
     pub listen: ListenAddr,
-    /// Public HTTP health listener: `GET /health` only (Route53, NLB).
+    /// Public HTTP health listener: `GET /health` (this proxy is ready:
+    /// NLB, ECS) and `GET /health/fleet` (a media server has a free slot:
+    /// Route53 failover, alarms).
     pub health_listen: ListenAddr,
     /// Private HTTP admin listener: `GET /backends`.
     /// Keep it off public interfaces: it lists backend addresses.

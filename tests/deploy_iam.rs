@@ -1,7 +1,10 @@
 //! The task role in `deploy/service.yaml` grants nothing beyond what the
 //! proxy needs: `servicediscovery:DiscoverInstances` always, and
 //! `ecs:UpdateTaskProtection` / `ecs:GetTaskProtection` on the cluster's tasks
-//! only when the `ScaleInProtection` parameter is `"true"`.
+//! only when the `ScaleInProtection` parameter is `"true"`. The execution
+//! role has AWS's `AmazonECSTaskExecutionRolePolicy` and, only when
+//! `RedisUrlSecretArn` is set, `secretsmanager:GetSecretValue` on exactly
+//! that secret (ECS reads it for the container's `Secrets`).
 //!
 //! The template is written in CloudFormation's long form (`Fn::If:` rather
 //! than `!If`), so serde_yaml reads it as plain YAML. The checker follows
@@ -16,6 +19,14 @@ use serde_yaml::{Mapping, Value};
 const ALWAYS: &[&str] = &["servicediscovery:DiscoverInstances"];
 const WITH_PROTECTION: &[&str] = &["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"];
 const PROTECTION_PARAMETER: &str = "ScaleInProtection";
+const SECRET_ACTION: &str = "secretsmanager:GetSecretValue";
+const SECRET_PARAMETER: &str = "RedisUrlSecretArn";
+/// The only `Resource` the secret action may have.
+const SECRET_RESOURCE: &str = "Ref: RedisUrlSecretArn";
+/// The execution role's one managed policy.
+const EXECUTION_MANAGED: &str = r#"
+- Fn::Sub: "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+"#;
 /// The only `Resource` the ECS actions may have: the tasks of the proxy's
 /// cluster and of the media servers' cluster (`ClusterName` when
 /// `MediaClusterName` is empty).
@@ -92,19 +103,20 @@ fn each(v: &Value, conds: &Conds, f: &mut dyn FnMut(&Value, &Conds)) {
     f(v, conds);
 }
 
-/// The logical id of the role the task definition runs with.
-fn task_role_id(resources: &Mapping) -> String {
+/// The logical id of the task definition's role `property`
+/// (`TaskRoleArn`, `ExecutionRoleArn`).
+fn role_id(resources: &Mapping, property: &str) -> String {
     let defs: Vec<&Value> = resources
         .values()
         .filter(|r| key(r, "Type").and_then(Value::as_str) == Some("AWS::ECS::TaskDefinition"))
         .collect();
     assert_eq!(defs.len(), 1, "expected one task definition");
     let arn = key(defs[0], "Properties")
-        .and_then(|p| key(p, "TaskRoleArn"))
-        .expect("task definition without TaskRoleArn");
+        .and_then(|p| key(p, property))
+        .unwrap_or_else(|| panic!("task definition without {property}"));
     let getatt = intrinsic(arn, "Fn::GetAtt")
         .and_then(Value::as_sequence)
-        .expect("TaskRoleArn should be Fn::GetAtt: [Role, Arn]");
+        .unwrap_or_else(|| panic!("{property} should be Fn::GetAtt: [Role, Arn]"));
     getatt[0].as_str().unwrap().to_string()
 }
 
@@ -124,6 +136,33 @@ fn mentions(v: &Value, id: &str) -> bool {
         Value::Tagged(t) => mentions(&t.value, id),
         _ => false,
     }
+}
+
+/// The names of the conditions that mean `RedisUrlSecretArn != ""`.
+fn secret_conditions(template: &Value) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    if let Some(conds) = key(template, "Conditions").and_then(Value::as_mapping) {
+        for (name, cond) in conds {
+            let Some(args) = intrinsic(cond, "Fn::Not")
+                .and_then(Value::as_sequence)
+                .filter(|a| a.len() == 1)
+                .and_then(|a| intrinsic(&a[0], "Fn::Equals"))
+                .and_then(Value::as_sequence)
+            else {
+                continue;
+            };
+            let is_ref =
+                |v: &Value| intrinsic(v, "Ref").and_then(Value::as_str) == Some(SECRET_PARAMETER);
+            let is_empty = |v: &Value| v.as_str() == Some("");
+            if args.len() == 2
+                && ((is_ref(&args[0]) && is_empty(&args[1]))
+                    || (is_empty(&args[0]) && is_ref(&args[1])))
+            {
+                names.insert(name.as_str().unwrap().to_string());
+            }
+        }
+    }
+    names
 }
 
 /// The names of the conditions that mean `ScaleInProtection == "true"`.
@@ -149,37 +188,53 @@ fn protection_conditions(template: &Value) -> BTreeSet<String> {
     names
 }
 
-/// Everything the task role allows, with conditions; panics on shapes the
-/// checker does not understand rather than skipping them.
-fn grants(template: &Value, errors: &mut Vec<String>) -> Vec<Grant> {
+/// Everything the task definition's role `property` allows, with
+/// conditions; panics on shapes the checker does not understand rather
+/// than skipping them. `managed`: the managed policies it must have, exactly
+/// (none for the task role: only inline policies are checked).
+fn grants(
+    template: &Value,
+    property: &str,
+    managed: Option<&Value>,
+    errors: &mut Vec<String>,
+) -> Vec<Grant> {
     let resources = key(template, "Resources")
         .and_then(Value::as_mapping)
         .expect("no Resources");
-    let role_id = task_role_id(resources);
-    let role = resources.get(role_id.as_str()).expect("task role resource");
+    let role_id = role_id(resources, property);
+    let role = resources.get(role_id.as_str()).expect("role resource");
     assert_eq!(
         key(role, "Type").and_then(Value::as_str),
         Some("AWS::IAM::Role")
     );
-    let props = key(role, "Properties").expect("task role Properties");
-    for extra in ["ManagedPolicyArns", "PermissionsBoundary"] {
-        if key(props, extra).is_some() {
-            errors.push(format!("task role {role_id} has {extra}: only inline Policies are checked, so none may be attached"));
-        }
+    let props = key(role, "Properties").expect("role Properties");
+    if key(props, "PermissionsBoundary").is_some() {
+        errors.push(format!(
+            "role {role_id} has PermissionsBoundary: only inline Policies are checked"
+        ));
+    }
+    match (key(props, "ManagedPolicyArns"), managed) {
+        (None, None) => {}
+        (Some(has), Some(want)) if has == want => {}
+        (has, _) => errors.push(format!(
+            "role {role_id} has ManagedPolicyArns {has:?}: only inline Policies are checked, so none may be attached beyond {managed:?}"
+        )),
     }
     // Policies attached from outside the role.
     for (id, r) in resources {
         let ty = key(r, "Type").and_then(Value::as_str).unwrap_or("");
         if ty.starts_with("AWS::IAM::") && ty != "AWS::IAM::Role" && mentions(r, &role_id) {
             errors.push(format!(
-                "{} ({ty}) attaches permissions to the task role",
+                "{} ({ty}) attaches permissions to the role {role_id}",
                 id.as_str().unwrap_or("?")
             ));
         }
     }
 
     let mut out = Vec::new();
-    let policies = key(props, "Policies").expect("task role without Policies");
+    let Some(policies) = key(props, "Policies") else {
+        return out;
+    };
     each(policies, &[], &mut |policy, conds| {
         let doc = key(policy, "PolicyDocument").expect("policy without PolicyDocument");
         let statements = key(doc, "Statement").expect("policy document without Statement");
@@ -217,7 +272,7 @@ fn violations(template: &Value) -> Vec<String> {
     let mut errors = Vec::new();
     let task_resources: Value = serde_yaml::from_str(TASK_RESOURCES).unwrap();
     let protection = protection_conditions(template);
-    let grants = grants(template, &mut errors);
+    let grants = grants(template, "TaskRoleArn", None, &mut errors);
     let under_protection = |g: &Grant| {
         g.conditions
             .iter()
@@ -263,6 +318,116 @@ fn violations(template: &Value) -> Vec<String> {
         }
     }
     errors
+}
+
+/// Everything wrong with the template's execution role; empty when it is
+/// right.
+fn execution_violations(template: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    let managed: Value = serde_yaml::from_str(EXECUTION_MANAGED).unwrap();
+    let resource: Value = serde_yaml::from_str(SECRET_RESOURCE).unwrap();
+    let with_secret = secret_conditions(template);
+    let grants = grants(template, "ExecutionRoleArn", Some(&managed), &mut errors);
+    let under_secret = |g: &Grant| {
+        g.conditions
+            .iter()
+            .any(|(name, taken)| *taken && with_secret.contains(name))
+    };
+    for g in &grants {
+        if !g.action.eq_ignore_ascii_case(SECRET_ACTION) {
+            errors.push(format!(
+                "execution role allows {} (only {SECRET_ACTION} is allowed)",
+                g.action
+            ));
+        } else if !under_secret(g) {
+            errors.push(format!(
+                "{} is granted outside the {SECRET_PARAMETER} != \"\" condition (conditions {:?})",
+                g.action, g.conditions
+            ));
+        } else if g.resource != resource {
+            errors.push(format!(
+                "{} must be scoped to exactly the secret {SECRET_PARAMETER} names, not {:?}",
+                g.action, g.resource
+            ));
+        }
+    }
+    if !grants
+        .iter()
+        .any(|g| g.action == SECRET_ACTION && under_secret(g))
+    {
+        errors.push(format!(
+            "{SECRET_ACTION} is not granted when {SECRET_PARAMETER} is set"
+        ));
+    }
+    errors
+}
+
+#[test]
+fn execution_role_reads_only_the_redis_secret_and_only_when_set() {
+    let errors = execution_violations(&parse(&template_text()));
+    assert!(
+        errors.is_empty(),
+        "deploy/service.yaml:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn checker_catches_a_wider_execution_role() {
+    let assert_exec_caught = |t: &Value, needle: &str| {
+        let errors = execution_violations(t);
+        assert!(
+            errors.iter().any(|e| e.contains(needle)),
+            "expected a violation mentioning {needle:?}, got {errors:?}"
+        );
+    };
+    let t = altered(
+        "Action: secretsmanager:GetSecretValue",
+        "Action: [secretsmanager:GetSecretValue, secretsmanager:ListSecrets]",
+    );
+    assert_exec_caught(&t, "allows secretsmanager:ListSecrets");
+    let t = altered(
+        "Action: secretsmanager:GetSecretValue",
+        "Action: secretsmanager:*",
+    );
+    assert_exec_caught(&t, "allows secretsmanager:*");
+    let t = altered(
+        "                    Resource:\n                      Ref: RedisUrlSecretArn\n",
+        "                    Resource: \"*\"\n",
+    );
+    assert_exec_caught(&t, "must be scoped to exactly the secret");
+    let t = altered(
+        "                    Resource:\n                      Ref: RedisUrlSecretArn\n",
+        "                    Resource:\n                      - Ref: RedisUrlSecretArn\n                      - Fn::Sub: \"${RedisUrlSecretArn}*\"\n",
+    );
+    assert_exec_caught(&t, "must be scoped to exactly the secret");
+    let t = altered(
+        "service-role/AmazonECSTaskExecutionRolePolicy\"\n",
+        "service-role/AmazonECSTaskExecutionRolePolicy\"\n        - arn:aws:iam::aws:policy/SecretsManagerReadWrite\n",
+    );
+    assert_exec_caught(&t, "ManagedPolicyArns");
+
+    // Branches swapped: the secret would be readable (as `RedisUrlSecretArn`
+    // names nothing) when no secret is set, and not when one is.
+    let mut t = parse(&template_text());
+    let branches = t["Resources"]["ExecutionRole"]["Properties"]["Policies"]
+        .get_mut("Fn::If")
+        .and_then(Value::as_sequence_mut)
+        .expect("the execution role's conditional policies");
+    branches.swap(1, 2);
+    assert_exec_caught(&t, "is not granted when RedisUrlSecretArn is set");
+    // A condition that is not `RedisUrlSecretArn != ""`.
+    let t = altered(
+        "Fn::Equals: [{Ref: RedisUrlSecretArn}, \"\"]",
+        "Fn::Equals: [{Ref: RedisUrlSecretArn}, \"x\"]",
+    );
+    assert_exec_caught(&t, "outside the RedisUrlSecretArn");
+    // The task role may not read it.
+    let t = altered(
+        "Action: servicediscovery:DiscoverInstances",
+        "Action: [servicediscovery:DiscoverInstances, secretsmanager:GetSecretValue]",
+    );
+    assert_caught(&t, "allows secretsmanager:GetSecretValue");
 }
 
 #[test]
@@ -376,6 +541,11 @@ fn checker_catches_wider_resources_and_attached_policies() {
         "      ManagedPolicyArns: [arn:aws:iam::aws:policy/AdministratorAccess]\n      Policies:\n        - PolicyName: cloud-map-discovery",
     );
     assert_caught(&t, "ManagedPolicyArns");
+    let t = altered(
+        "      Policies:\n        - PolicyName: cloud-map-discovery",
+        "      PermissionsBoundary: arn:aws:iam::aws:policy/AdministratorAccess\n      Policies:\n        - PolicyName: cloud-map-discovery",
+    );
+    assert_caught(&t, "PermissionsBoundary");
     let mut t = parse(&template_text());
     let extra: Value = serde_yaml::from_str(
         "Type: AWS::IAM::Policy\nProperties:\n  PolicyName: more\n  Roles: [{Ref: TaskRole}]\n  PolicyDocument: {}\n",

@@ -19,7 +19,16 @@ use crate::core::Core;
 use crate::lifecycle::Phase;
 use crate::metrics;
 
-/// `GET /health` on `proxy.health_listen`.
+/// The public port, `proxy.health_listen`:
+///
+/// - `GET /health`: this process's own readiness, for the load balancer
+///   in front (NLB target group, Route53 record) and ECS. 200 while it
+///   takes clients, 503 once it drains or has handed off. It does not look
+///   at the media servers: an empty or unreachable fleet must not make ECS
+///   replace every proxy task (which would not help), nor an NLB fail open.
+/// - `GET /health/fleet`: 200 while at least one media server is healthy
+///   with a free slot, 503 otherwise; for Route53 failover to another
+///   region and for alarms. The body says why, never which server.
 pub struct Health {
     core: Arc<Core>,
 }
@@ -28,27 +37,66 @@ impl Health {
     pub fn new(core: Arc<Core>) -> Self {
         Self { core }
     }
+
+    fn readiness(&self) -> Response<Vec<u8>> {
+        // The process exits if the proxy listener cannot be bound (see
+        // main), so while this answers, the proxy port is open, unless the
+        // process is draining or has handed its sockets to a successor.
+        match self.core.lifecycle.phase() {
+            Phase::Serving => text(StatusCode::OK, "ok\n"),
+            Phase::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+            Phase::HandedOff => text(StatusCode::SERVICE_UNAVAILABLE, "handed off\n"),
+        }
+    }
+
+    fn fleet(&self) -> Response<Vec<u8>> {
+        // Read from the same table the proxy takes slots from, so the
+        // answer matches what a new client would get (apart from the
+        // global cap and the queue, which are this process's own limits).
+        let backends = self.core.table.snapshot();
+        let healthy: Vec<_> = backends.iter().filter(|b| b.present && b.healthy).collect();
+        let free = healthy
+            .iter()
+            .filter(|b| b.max_connections == 0 || b.active + b.remote < b.max_connections)
+            .count();
+        if free > 0 {
+            text(
+                StatusCode::OK,
+                &format!("ok: {free} healthy media server(s) with a free slot\n"),
+            )
+        } else if healthy.is_empty() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "no free slot: {} healthy media server(s), all full\n",
+                    healthy.len()
+                ),
+            )
+        }
+    }
 }
 
 #[async_trait]
 impl server::Handler for Health {
     async fn respond(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
-        if path != "/health" {
-            return text(StatusCode::NOT_FOUND, "not found\n");
-        }
+        let answer: fn(&Self) -> Response<Vec<u8>> = match path {
+            "/health" => Self::readiness,
+            "/health/fleet" => Self::fleet,
+            _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+        };
         if !matches!(*method, Method::GET | Method::HEAD) {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
-        // The process exits if the proxy listener cannot be bound (see
-        // main), so while this answers, the proxy port is open, unless the
-        // process is draining.
-        if self.core.lifecycle.phase() == Phase::Draining {
-            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        } else if self.core.table.any_healthy() {
-            text(StatusCode::OK, "ok\n")
-        } else {
-            text(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
-        }
+        answer(self)
+    }
+
+    fn skips_proxy_header(&self) -> bool {
+        // Load balancers with PROXY protocol on the target group send a
+        // header on their health checks too (an AWS NLB does, whatever the
+        // health check port); nothing here uses the client's address.
+        true
     }
 }
 

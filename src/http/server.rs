@@ -10,6 +10,12 @@
 //! Both ports may face the internet, so a client gets little: a deadline
 //! for its request headers (also bounding an idle keep-alive connection),
 //! a bounded header size, and a share of the open-file limit.
+//!
+//! The health port also takes a PROXY protocol header (v1 or v2) before
+//! the request and skips it: a load balancer with PROXY protocol on its
+//! target group sends one on its health checks as well (an AWS NLB does,
+//! even to a separate health check port), and a plain HTTP server would
+//! answer those with 400, so every target would look down.
 
 use parking_lot::Mutex;
 use std::convert::Infallible;
@@ -26,6 +32,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::warn;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -51,7 +58,21 @@ const LOG_MAX: usize = 200;
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn respond(&self, method: &Method, path: &str) -> Response<Vec<u8>>;
+
+    /// True when a connection may open with a PROXY protocol header, which
+    /// is then skipped (never trusted: the handler gets no address).
+    fn skips_proxy_header(&self) -> bool {
+        false
+    }
 }
+
+/// The v2 header's first 12 bytes; then version/command, family, and a
+/// big-endian length of what follows the 16 fixed bytes.
+const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A v1 header: `PROXY ...\r\n`, at most 107 bytes (the spec's bound).
+const PROXY_V1_PREFIX: &[u8] = b"PROXY ";
+const PROXY_V1_MAX: usize = 107;
 
 /// Connections the health port may hold: an eighth of the open-file limit,
 /// at least 16, at most 1024, so a flood there leaves the rest to streams
@@ -211,7 +232,89 @@ async fn accept_loop(
     log::info!("{}: no longer accepting", shared.what);
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+async fn serve(mut stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+    if !shared.handler.skips_proxy_header() {
+        return serve_io(stream, shared, permit).await;
+    }
+    // Its own deadline: a load balancer sends the header at once, and a
+    // client trickling one is closed like one trickling its headers.
+    let rest = match tokio::time::timeout(HEADER_DEADLINE, skip_proxy_header(&mut stream)).await {
+        Ok(Ok(rest)) => rest,
+        Ok(Err(_)) => return count(shared.what, "error"),
+        Err(_) => return count(shared.what, "header_timeout"),
+    };
+    // The bytes read past the header (the request's start) go first.
+    let (read, write) = stream.into_split();
+    let io = tokio::io::join(std::io::Cursor::new(rest).chain(read), write);
+    serve_io(io, shared, permit).await;
+}
+
+/// What the bytes at the start of a connection say about a PROXY header.
+#[derive(Debug, PartialEq, Eq)]
+enum ProxyHeader {
+    /// Maybe one: read more.
+    Incomplete,
+    /// One of this many bytes.
+    Skip(usize),
+    /// None, or one too long or malformed: hyper gets every byte (and
+    /// answers 400 to what is not HTTP).
+    Absent,
+}
+
+fn proxy_header(buf: &[u8]) -> ProxyHeader {
+    let n = buf.len().min(PROXY_V2_SIGNATURE.len());
+    if buf[..n] == PROXY_V2_SIGNATURE[..n] {
+        let Some(len) = buf.get(14..16) else {
+            return ProxyHeader::Incomplete;
+        };
+        let total = 16 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+        return if total > MAX_HEADER_BYTES {
+            ProxyHeader::Absent
+        } else if buf.len() >= total {
+            ProxyHeader::Skip(total)
+        } else {
+            ProxyHeader::Incomplete
+        };
+    }
+    let n = buf.len().min(PROXY_V1_PREFIX.len());
+    if buf[..n] != PROXY_V1_PREFIX[..n] {
+        return ProxyHeader::Absent;
+    }
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if end + 2 <= PROXY_V1_MAX => ProxyHeader::Skip(end + 2),
+        Some(_) => ProxyHeader::Absent,
+        None if buf.len() >= PROXY_V1_MAX => ProxyHeader::Absent,
+        None => ProxyHeader::Incomplete,
+    }
+}
+
+/// Reads and drops a PROXY header at the start of `stream`, if there is
+/// one; returns the bytes read past it.
+async fn skip_proxy_header(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match proxy_header(&buf) {
+            ProxyHeader::Incomplete => {}
+            ProxyHeader::Skip(n) => {
+                buf.drain(..n);
+                return Ok(buf);
+            }
+            ProxyHeader::Absent => return Ok(buf),
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            // Closed early: hyper sees the same end.
+            return Ok(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn serve_io<I>(io: I, shared: Arc<Shared>, _permit: OwnedSemaphorePermit)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let handler = shared.handler.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
@@ -224,7 +327,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePe
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_DEADLINE)
         .max_header_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .await;
     if let Err(e) = result {
         let reason = reason(&e);
@@ -318,6 +421,33 @@ mod tests {
         assert_eq!(limit.allow(), None);
         *limit.0.lock() = (Instant::now().checked_sub(LOG_INTERVAL), 2);
         assert_eq!(limit.allow(), Some(2));
+    }
+
+    #[test]
+    fn proxy_headers_are_found_whole_and_only_at_the_start() {
+        use ProxyHeader::*;
+        let v1 = b"PROXY TCP4 192.0.2.1 10.0.0.5 56324 8000\r\nGET /health HTTP/1.1\r\n";
+        assert_eq!(proxy_header(v1), Skip(42));
+        assert_eq!(proxy_header(&v1[..20]), Incomplete);
+        assert_eq!(proxy_header(b""), Incomplete);
+        assert_eq!(proxy_header(b"P"), Incomplete);
+        assert_eq!(proxy_header(b"POST /health HTTP/1.1\r\n"), Absent);
+        assert_eq!(proxy_header(b"GET /health HTTP/1.1\r\n"), Absent);
+        assert_eq!(proxy_header(b"\r\nGET / HTTP/1.1\r\n"), Absent);
+        let long = format!("PROXY {}\r\n", "1".repeat(PROXY_V1_MAX));
+        assert_eq!(proxy_header(long.as_bytes()), Absent);
+
+        // LOCAL command (what an NLB's health check sends), 4 bytes of TLV.
+        let mut v2 = PROXY_V2_SIGNATURE.to_vec();
+        v2.extend_from_slice(&[0x20, 0x00, 0x00, 0x04, 1, 2, 3, 4]);
+        assert_eq!(proxy_header(&v2[..15]), Incomplete);
+        assert_eq!(proxy_header(&v2[..19]), Incomplete);
+        assert_eq!(proxy_header(&v2), Skip(20));
+        v2.extend_from_slice(b"GET /");
+        assert_eq!(proxy_header(&v2), Skip(20));
+        let mut huge = PROXY_V2_SIGNATURE.to_vec();
+        huge.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        assert_eq!(proxy_header(&huge), Absent);
     }
 
     #[test]

@@ -146,9 +146,10 @@ impl Edge {
     }
 }
 
-/// Reads one PROXY header of `mode`'s version(s) and its addresses.
-async fn read_header(
-    client: &mut TcpStream,
+/// Reads one PROXY header of `mode`'s version(s) and its addresses,
+/// and not a byte more. Public for the fuzzer.
+pub async fn read_header<R: AsyncRead + Unpin>(
+    client: &mut R,
     mode: ProxyMode,
 ) -> Result<Option<(SocketAddr, SocketAddr)>, EdgeError> {
     let bad = |why: &str| EdgeError::BadHeader(why.to_owned());
