@@ -402,10 +402,30 @@ impl ChunkDecoder {
 }
 
 /// Updates the timestamp fields of `s` for a header of type `fmt` that
-/// starts a message; `rest` is the header after its basic header. The same
-/// rule as the rechunker's, so both agree with ffmpeg and nginx-rtmp.
+/// starts a message; `rest` is the header after its basic header.
 fn next_timestamp(s: &mut ChunkStream, fmt: u8, rest: &[u8]) {
-    let byte = |i: usize| rest.get(i).copied().unwrap_or_default();
+    (s.timestamp, s.ts_field) = timestamp_after(s.timestamp, s.ts_field, s.extended_ts, fmt, rest);
+    if fmt == 0 {
+        let byte = |i: usize| rest.get(i).copied().unwrap_or_default();
+        s.msid = u32::from_le_bytes([byte(7), byte(8), byte(9), byte(10)]);
+    }
+}
+
+/// The absolute timestamp and the timestamp field after a header of type
+/// `fmt` that starts a message, given those before it; `rest` is the
+/// header after its basic header, and `extended` says whether type 3
+/// headers on its chunk stream carry 4 more bytes. Type 0 sets the
+/// timestamp, types 1 and 2 add their delta, and a type 3 header adds the
+/// last field again (absolute after a type 0), as ffmpeg, librtmp and
+/// nginx-rtmp read it. The decoder and the rechunker both use it, so they
+/// agree.
+pub(crate) fn timestamp_after(
+    timestamp: u32,
+    field: u32,
+    extended: bool,
+    fmt: u8,
+    rest: &[u8],
+) -> (u32, u32) {
     // The 24-bit field, or the extended timestamp after the message header
     // (at `ext_at`) when the field says so.
     let field_at = |ext_at: usize| {
@@ -416,26 +436,15 @@ fn next_timestamp(s: &mut ChunkStream, fmt: u8, rest: &[u8]) {
             short
         }
     };
-    match fmt {
-        0 => {
-            s.ts_field = field_at(11);
-            s.timestamp = s.ts_field;
-            s.msid = u32::from_le_bytes([byte(7), byte(8), byte(9), byte(10)]);
-        }
-        1 | 2 => {
-            s.ts_field = field_at(if fmt == 1 { 7 } else { 3 });
-            // Timestamps wrap (spec 5.3.1.3 arithmetic is modulo 2^32).
-            s.timestamp = s.timestamp.wrapping_add(s.ts_field);
-        }
-        _ => {
-            // `extended_ts` still describes the previous header, which is
-            // what decided whether this type 3 header has the 4 bytes.
-            if s.extended_ts {
-                s.ts_field = be32(rest).unwrap_or(s.ts_field);
-            }
-            s.timestamp = s.timestamp.wrapping_add(s.ts_field);
-        }
-    }
+    let field = match fmt {
+        0 => return (field_at(11), field_at(11)),
+        1 => field_at(7),
+        2 => field_at(3),
+        _ if extended => be32(rest).unwrap_or(field),
+        _ => field,
+    };
+    // Timestamps wrap (spec 5.3.1.3 arithmetic is modulo 2^32).
+    (timestamp.wrapping_add(field), field)
 }
 
 /// Writes one message as a type 0 chunk and type 3 continuations cut at

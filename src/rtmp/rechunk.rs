@@ -21,8 +21,9 @@
 //! computes exactly the timestamps decoded here.
 
 use super::chunk::{
-    be24, be32, header_len, is_known, parse_basic_header, ChunkError, DEFAULT_CHUNK_SIZE,
-    EXTENDED_TS, MAX_HEADER_LEN, MAX_MESSAGE_LEN, MSG_ABORT, MSG_SET_CHUNK_SIZE,
+    be24, be32, header_len, is_known, parse_basic_header, timestamp_after, ChunkError,
+    DEFAULT_CHUNK_SIZE, EXTENDED_TS, MAX_HEADER_LEN, MAX_MESSAGE_LEN, MSG_ABORT,
+    MSG_SET_CHUNK_SIZE,
 };
 
 /// Chunk streams tracked per direction; media servers use a handful.
@@ -467,37 +468,15 @@ fn header(last: &Last) -> Header {
 /// The state after a header that starts a message, given the one before.
 fn next_header(prev: &Last, fmt: u8, rest: &[u8]) -> Last {
     let byte = |i: usize| rest.get(i).copied().unwrap_or_default();
-    let field_at = |ext_at: usize| {
-        let short = be24(rest);
-        if short == EXTENDED_TS {
-            be32(rest.get(ext_at..).unwrap_or_default()).unwrap_or(short)
-        } else {
-            short
-        }
-    };
     let mut next = *prev;
-    match fmt {
-        0 => {
-            next.field = field_at(11);
-            next.timestamp = next.field;
-            next.len = be24(rest.get(3..).unwrap_or_default());
-            next.msg_type = byte(6);
-            next.msid = u32::from_le_bytes([byte(7), byte(8), byte(9), byte(10)]);
-        }
-        1 | 2 => {
-            next.field = field_at(if fmt == 1 { 7 } else { 3 });
-            next.timestamp = prev.timestamp.wrapping_add(next.field);
-            if fmt == 1 {
-                next.len = be24(rest.get(3..).unwrap_or_default());
-                next.msg_type = byte(6);
-            }
-        }
-        _ => {
-            if prev.extended() {
-                next.field = be32(rest).unwrap_or(prev.field);
-            }
-            next.timestamp = prev.timestamp.wrapping_add(next.field);
-        }
+    (next.timestamp, next.field) =
+        timestamp_after(prev.timestamp, prev.field, prev.extended(), fmt, rest);
+    if fmt <= 1 {
+        next.len = be24(rest.get(3..).unwrap_or_default());
+        next.msg_type = byte(6);
+    }
+    if fmt == 0 {
+        next.msid = u32::from_le_bytes([byte(7), byte(8), byte(9), byte(10)]);
     }
     next
 }
