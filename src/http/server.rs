@@ -32,8 +32,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::warn;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::ProxyMode;
+use crate::proxy::edge::{read_header, EdgeError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::lifecycle::{Lifecycle, Phase};
@@ -65,14 +68,6 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 }
-
-/// The v2 header's first 12 bytes; then version/command, family, and a
-/// big-endian length of what follows the 16 fixed bytes.
-const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
-
-/// A v1 header: `PROXY ...\r\n`, at most 107 bytes (the spec's bound).
-const PROXY_V1_PREFIX: &[u8] = b"PROXY ";
-const PROXY_V1_MAX: usize = 107;
 
 /// Connections the health port may hold: an eighth of the open-file limit,
 /// at least 16, at most 1024, so a flood there leaves the rest to streams
@@ -233,82 +228,34 @@ async fn accept_loop(
 }
 
 async fn serve(mut stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
-    if !shared.handler.skips_proxy_header() {
-        return serve_io(stream, shared, permit).await;
-    }
-    // Its own deadline: a load balancer sends the header at once, and a
-    // client trickling one is closed like one trickling its headers.
-    let rest = match tokio::time::timeout(HEADER_DEADLINE, skip_proxy_header(&mut stream)).await {
-        Ok(Ok(rest)) => rest,
-        Ok(Err(_)) => return count(shared.what, "error"),
-        Err(_) => return count(shared.what, "header_timeout"),
-    };
-    // The bytes read past the header (the request's start) go first.
-    let (read, write) = stream.into_split();
-    let io = tokio::io::join(std::io::Cursor::new(rest).chain(read), write);
-    serve_io(io, shared, permit).await;
-}
-
-/// What the bytes at the start of a connection say about a PROXY header.
-#[derive(Debug, PartialEq, Eq)]
-enum ProxyHeader {
-    /// Maybe one: read more.
-    Incomplete,
-    /// One of this many bytes.
-    Skip(usize),
-    /// None, or one too long or malformed: hyper gets every byte (and
-    /// answers 400 to what is not HTTP).
-    Absent,
-}
-
-fn proxy_header(buf: &[u8]) -> ProxyHeader {
-    let n = buf.len().min(PROXY_V2_SIGNATURE.len());
-    if buf[..n] == PROXY_V2_SIGNATURE[..n] {
-        let Some(len) = buf.get(14..16) else {
-            return ProxyHeader::Incomplete;
-        };
-        let total = 16 + usize::from(u16::from_be_bytes([len[0], len[1]]));
-        return if total > MAX_HEADER_BYTES {
-            ProxyHeader::Absent
-        } else if buf.len() >= total {
-            ProxyHeader::Skip(total)
-        } else {
-            ProxyHeader::Incomplete
-        };
-    }
-    let n = buf.len().min(PROXY_V1_PREFIX.len());
-    if buf[..n] != PROXY_V1_PREFIX[..n] {
-        return ProxyHeader::Absent;
-    }
-    match buf.windows(2).position(|w| w == b"\r\n") {
-        Some(end) if end + 2 <= PROXY_V1_MAX => ProxyHeader::Skip(end + 2),
-        Some(_) => ProxyHeader::Absent,
-        None if buf.len() >= PROXY_V1_MAX => ProxyHeader::Absent,
-        None => ProxyHeader::Incomplete,
-    }
-}
-
-/// Reads and drops a PROXY header at the start of `stream`, if there is
-/// one; returns the bytes read past it.
-async fn skip_proxy_header(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    loop {
-        match proxy_header(&buf) {
-            ProxyHeader::Incomplete => {}
-            ProxyHeader::Skip(n) => {
-                buf.drain(..n);
-                return Ok(buf);
-            }
-            ProxyHeader::Absent => return Ok(buf),
+    if shared.handler.skips_proxy_header() {
+        // Its own deadline: a load balancer sends the header at once, and a
+        // client trickling one is closed like one trickling its headers.
+        let skipped = tokio::time::timeout(HEADER_DEADLINE, skip_proxy_header(&mut stream)).await;
+        match skipped {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return count(shared.what, "error"),
+            Err(_) => return count(shared.what, "header_timeout"),
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            // Closed early: hyper sees the same end.
-            return Ok(buf);
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
+    serve_io(stream, shared, permit).await;
+}
+
+/// Reads and drops a PROXY header (v1 or v2, read exactly by the proxy
+/// port's own reader) if the connection opens with the start of one;
+/// anything else is left for HTTP.
+async fn skip_proxy_header(stream: &mut TcpStream) -> Result<(), EdgeError> {
+    let mut head = [0u8; 5];
+    let n = stream
+        .peek(&mut head)
+        .await
+        .map_err(|e| EdgeError::BadHeader(e.to_string()))?;
+    let seen = head.get(..n).unwrap_or_default();
+    let opens = |prefix: &[u8]| n > 0 && prefix.starts_with(seen);
+    if opens(b"PROXY") || opens(b"\r\n\r\n\0") {
+        read_header(stream, ProxyMode::Any).await?;
+    }
+    Ok(())
 }
 
 async fn serve_io<I>(io: I, shared: Arc<Shared>, _permit: OwnedSemaphorePermit)
@@ -421,33 +368,6 @@ mod tests {
         assert_eq!(limit.allow(), None);
         *limit.0.lock() = (Instant::now().checked_sub(LOG_INTERVAL), 2);
         assert_eq!(limit.allow(), Some(2));
-    }
-
-    #[test]
-    fn proxy_headers_are_found_whole_and_only_at_the_start() {
-        use ProxyHeader::*;
-        let v1 = b"PROXY TCP4 192.0.2.1 10.0.0.5 56324 8000\r\nGET /health HTTP/1.1\r\n";
-        assert_eq!(proxy_header(v1), Skip(42));
-        assert_eq!(proxy_header(&v1[..20]), Incomplete);
-        assert_eq!(proxy_header(b""), Incomplete);
-        assert_eq!(proxy_header(b"P"), Incomplete);
-        assert_eq!(proxy_header(b"POST /health HTTP/1.1\r\n"), Absent);
-        assert_eq!(proxy_header(b"GET /health HTTP/1.1\r\n"), Absent);
-        assert_eq!(proxy_header(b"\r\nGET / HTTP/1.1\r\n"), Absent);
-        let long = format!("PROXY {}\r\n", "1".repeat(PROXY_V1_MAX));
-        assert_eq!(proxy_header(long.as_bytes()), Absent);
-
-        // LOCAL command (what an NLB's health check sends), 4 bytes of TLV.
-        let mut v2 = PROXY_V2_SIGNATURE.to_vec();
-        v2.extend_from_slice(&[0x20, 0x00, 0x00, 0x04, 1, 2, 3, 4]);
-        assert_eq!(proxy_header(&v2[..15]), Incomplete);
-        assert_eq!(proxy_header(&v2[..19]), Incomplete);
-        assert_eq!(proxy_header(&v2), Skip(20));
-        v2.extend_from_slice(b"GET /");
-        assert_eq!(proxy_header(&v2), Skip(20));
-        let mut huge = PROXY_V2_SIGNATURE.to_vec();
-        huge.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
-        assert_eq!(proxy_header(&huge), Absent);
     }
 
     #[test]
