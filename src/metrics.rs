@@ -27,6 +27,8 @@ pub struct Metrics {
     pub slot_store_degraded: IntGauge,
     pub protection_calls: IntCounterVec,
     pub protected_tasks: IntGaugeVec,
+    /// Unix time SIGTERM started this process's drain; 0 while serving.
+    draining_since: Gauge,
     start_time: Gauge,
     build_info: IntGaugeVec,
     /// `protocol: rtmp`: connections whose `publish` or `play` was seen.
@@ -122,6 +124,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["target"]
     )
     .expect("metric registration"),
+    draining_since: register_gauge!(
+        "rtmp_proxy_draining_since_timestamp_seconds",
+        "Unix time this process started draining (SIGTERM); 0 while it serves."
+    )
+    .expect("metric registration"),
     start_time: register_gauge!(
         "rtmp_proxy_start_time_seconds",
         "Unix time the process started."
@@ -187,6 +194,18 @@ pub fn init() {
     let _ = prometheus::register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
+}
+
+/// The drain started (SIGTERM): sets `rtmp_proxy_draining_since_timestamp_seconds`
+/// to now, once.
+pub fn draining_started() {
+    let since = &get().draining_since;
+    if since.get() <= 0.0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        since.set(now);
+    }
 }
 
 pub fn get() -> &'static Metrics {

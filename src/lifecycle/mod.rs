@@ -336,6 +336,7 @@ impl ShutdownSignalWatch for Signals {
                 _ = term.recv() => {
                     let delay = self.lifecycle.drain_delay;
                     self.lifecycle.set_phase(Phase::Draining);
+                    crate::metrics::draining_started();
                     info!(
                         "SIGTERM: draining; /health answers 503, new clients are still served for {}",
                         humantime::format_duration(delay)
