@@ -63,7 +63,7 @@ USER 10001:10001
 # /health/fleet (media servers with room, for Route53 failover). The admin
 # listener stays on 127.0.0.1:8001 inside the container and is not exposed.
 EXPOSE 1935 8000
-# SIGTERM starts the drain (see README, "Deploy to AWS"); it is Docker's and
+# SIGTERM starts the drain (see docs/aws.md); it is Docker's and
 # ECS's default stop signal, stated here because the drain depends on it.
 STOPSIGNAL SIGTERM
 # Exec form, and the entrypoint ends in `exec rtmp-proxy`: the binary becomes

@@ -347,7 +347,7 @@ fn compose(
         .add_dependency(&backends);
 
     // Each HTTP port gets a share of the descriptors; the rest stay for
-    // streams (see the README's "HTTP endpoints").
+    // streams (see docs/operations.md, "HTTP endpoints").
     let nofile = http_server::nofile();
     let http: [(&'static str, &str, Arc<dyn http_server::Handler>, usize); 2] = [
         (

@@ -11,7 +11,7 @@
 //! its section's default). Values are newtypes that check their bounds as
 //! they are parsed ([`Millis`], [`Count`], [`Weight`], [`ListenAddr`],
 //! [`BackendAddr`], [`Expiry`]), so nothing later can overflow on them. A
-//! test holds the README's configuration table to these defaults, and the
+//! test holds docs/configuration.md to these defaults, and the
 //! field docs here say what a key means, not its default.
 
 use std::fmt;
@@ -899,7 +899,7 @@ fn bare_message(e: &serde_yaml::Error) -> String {
     }
 }
 
-// Defaults, one place each. The README's configuration table is checked
+// Defaults, one place each. docs/configuration.md is checked
 // against them (tests/config_check.rs).
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:1935";
@@ -1350,7 +1350,7 @@ mod tests {
         assert_eq!(e, "4: proxy.backends.cloud_map: missing field `service`");
     }
 
-    /// Ties the README test in tests/config_check.rs, which compares parses,
+    /// Ties the docs test in tests/config_check.rs, which compares parses,
     /// to the `Default` impls: a missing key takes its section's default.
     #[test]
     fn missing_keys_take_the_default() {

@@ -68,6 +68,38 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (rejections, then ends): for
+    /// documentation checks (`tests/docs.rs`) and anything else that must
+    /// cover them all. The test below fails when a variant is added
+    /// without a place here.
+    pub const ALL: &[Reason] = &[
+        Reason::ProxyHeaderUntrusted,
+        Reason::ProxyHeaderInvalid,
+        Reason::TlsHandshake,
+        Reason::HandshakeTimeout,
+        Reason::HandshakeBadVersion,
+        Reason::HandshakeIncomplete,
+        Reason::ProtocolError,
+        Reason::StreamNotFound,
+        Reason::AuthDenied,
+        Reason::AuthFailed,
+        Reason::RouteUnavailable,
+        Reason::DuplicatePublish,
+        Reason::ClientLeft,
+        Reason::QueueFull,
+        Reason::QueueTimeout,
+        Reason::HandedOff,
+        Reason::ConnectFailed,
+        Reason::ClientClosed,
+        Reason::BackendClosed,
+        Reason::ClientError,
+        Reason::BackendError,
+        Reason::IdleTimeout,
+        Reason::BackendStalled,
+        Reason::ShutdownCut,
+        Reason::Takeover,
+    ];
+
     /// The label in metrics and the access log.
     pub fn label(self) -> &'static str {
         match self {
@@ -109,5 +141,35 @@ impl fmt::Display for Reason {
 impl Serialize for Reason {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    /// `ALL` lists every variant of the enum once, in declaration order:
+    /// the variants are read from this file's own source, so a variant
+    /// added anywhere fails here until `ALL` has it.
+    #[test]
+    fn all_lists_every_reason_once() {
+        let source = include_str!("reason.rs");
+        let body = source
+            .split("pub enum Reason {")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}").next())
+            .expect("the enum in src/reason.rs");
+        let declared: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("//") && l.ends_with(','))
+            .map(|l| l.trim_end_matches(','))
+            .collect();
+        let listed: Vec<String> = Reason::ALL.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(listed, declared, "Reason::ALL and the enum disagree");
+        let mut labels: Vec<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Reason::ALL.len(), "two reasons share a label");
     }
 }

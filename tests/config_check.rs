@@ -112,21 +112,15 @@ fn an_endless_file_is_cut_off() {
     );
 }
 
-/// The README's configuration table and the code's defaults agree: for
+/// docs/configuration.md's key table and the code's defaults agree: for
 /// every key whose stated default is a value (one `code` span), a file
 /// setting the key to that value parses to the same configuration as a file
 /// without it. Keys whose default is prose (`unset`, `required`, "half of
 /// `expires`") or another key (`connect_timeout`) are skipped.
 #[test]
-fn the_readme_states_the_defaults_of_the_code() {
+fn the_configuration_doc_states_the_defaults_of_the_code() {
     use rtmp_proxy::config::parse;
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let section = readme
-        .split("## Configuration reference")
-        .nth(1)
-        .and_then(|rest| rest.split("**Bounds.**").next())
-        .expect("README's configuration reference");
+    let section = key_table();
     let rows: Vec<&str> = section
         .lines()
         .filter(|l| l.starts_with("| `proxy."))
@@ -157,7 +151,7 @@ fn the_readme_states_the_defaults_of_the_code() {
         let stated = parse(&with).unwrap_or_else(|e| panic!("{key}: {with}\n{e}"));
         assert_eq!(
             stated, base_config,
-            "README.md says {key} defaults to {default}, the code disagrees"
+            "docs/configuration.md says {key} defaults to {default}, the code disagrees"
         );
         checked.push(key);
     }
@@ -188,4 +182,136 @@ fn yaml_with(key: &str, value: &str) -> (String, String) {
         }
     }
     ("proxy: {}\n".into(), with)
+}
+
+/// docs/configuration.md's table of keys: from its header row to the
+/// next section.
+fn key_table() -> String {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .expect("docs/configuration.md");
+    doc.split("| key | default | meaning |")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/configuration.md's table of keys")
+        .to_owned()
+}
+
+/// The keys docs/configuration.md's table lists, each with its meaning.
+fn documented_keys() -> Vec<(String, String)> {
+    key_table()
+        .lines()
+        .filter(|l| l.starts_with("| `proxy."))
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let key = cells[0].trim_start_matches("| ").trim_matches('`');
+            (
+                key.to_owned(),
+                cells.get(2).copied().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The fields the parser accepts at `path` under `proxy:` (a part ending
+/// in `[]` is a list of such maps), or `None` when `path` is not a map of
+/// fields. Asked of the parser itself: a map with an unknown key is refused
+/// with serde's list of the fields it expected.
+fn fields_at(path: &[String]) -> Option<Vec<String>> {
+    const PROBE: &str = "zz_probe";
+    let mut yaml = format!("{{{PROBE}: 1}}");
+    for part in path.iter().rev() {
+        yaml = match part.strip_suffix("[]") {
+            Some(name) => format!("{{{name}: [{yaml}]}}"),
+            None => format!("{{{part}: {yaml}}}"),
+        };
+    }
+    let error = rtmp_proxy::config::parse(&format!("proxy: {yaml}\n"))
+        .err()?
+        .to_string();
+    let expected = error
+        .split(&format!("unknown field `{PROBE}`, expected"))
+        .nth(1)?;
+    Some(
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// Every key the code reads under `proxy:`, as the table writes them
+/// (`proxy.backends.static[].addr`): the values, and the lists of maps
+/// themselves (`proxy.tls[]`). `sections` gets the maps of fields too.
+fn code_keys(path: &[String], keys: &mut Vec<String>, sections: &mut Vec<String>) {
+    let dotted = |p: &[String]| format!("proxy.{}", p.join("."));
+    let fields = fields_at(path).unwrap_or_else(|| panic!("{} is not a section", dotted(path)));
+    assert!(!fields.is_empty(), "no fields found at {}", dotted(path));
+    for field in fields {
+        let mut here = path.to_vec();
+        here.push(field.clone());
+        if fields_at(&here).is_some() {
+            sections.push(dotted(&here));
+            code_keys(&here, keys, sections);
+            continue;
+        }
+        let mut list = path.to_vec();
+        list.push(format!("{field}[]"));
+        if fields_at(&list).is_some() {
+            keys.push(dotted(&list));
+            code_keys(&list, keys, sections);
+        } else {
+            keys.push(dotted(&here));
+        }
+    }
+}
+
+/// Every key the code reads is in docs/configuration.md's table, and every
+/// key there is one the code reads. A key inside a section whose row says
+/// "As `proxy.x`" (`proxy.tls[].accept_proxy`) is documented by
+/// `proxy.x`'s rows.
+#[test]
+fn the_configuration_doc_lists_every_key_of_the_code() {
+    let (mut keys, mut sections) = (Vec::new(), Vec::new());
+    code_keys(&[], &mut keys, &mut sections);
+    // A walk that found little would prove nothing.
+    assert!(keys.len() >= 50, "only {keys:?} found");
+    let documented = documented_keys();
+    let is_documented = |key: &str| {
+        documented.iter().any(|(k, meaning)| {
+            if k == key {
+                return true;
+            }
+            // "As `proxy.accept_proxy`, for this listener."
+            let Some(rest) = key.strip_prefix(&format!("{k}.")) else {
+                return false;
+            };
+            let Some(like) = meaning
+                .strip_prefix("As `")
+                .and_then(|m| m.split('`').next())
+            else {
+                return false;
+            };
+            let target = format!("{like}.{rest}");
+            documented.iter().any(|(k, _)| *k == target)
+        })
+    };
+    let missing: Vec<&String> = keys.iter().filter(|k| !is_documented(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "keys the code reads but docs/configuration.md does not list: {missing:?}"
+    );
+    let stale: Vec<&String> = documented
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !keys.contains(k) && !sections.contains(k))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "keys docs/configuration.md lists but the code does not read: {stale:?}"
+    );
 }

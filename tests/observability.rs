@@ -290,3 +290,167 @@ async fn the_stats_page_shows_backends_and_live_streams_in_a_browser() {
     assert!(!dom.contains(KEY));
     assert!(artifacts.join("stats-page.png").exists(), "no screenshot");
 }
+
+/// `rtmp_proxy_*` families docs/observability.md documents but that need
+/// AWS to appear: the ECS doubles of tests/scale_in_protection.rs exercise
+/// them there.
+const EXPOSED_ONLY_WITH_ECS: &[&str] = &[
+    "rtmp_proxy_scale_in_protection_calls_total",
+    "rtmp_proxy_scale_in_protected_tasks",
+];
+
+fn docs_observability() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/observability.md"
+    ))
+    .expect("docs/observability.md")
+}
+
+/// A table of docs/observability.md, from its header row to the blank
+/// line after it: each row's first-column names (a cell may hold several
+/// `names`) with the row's second column.
+fn doc_table(header: &str) -> Vec<(Vec<String>, String)> {
+    let doc = docs_observability();
+    let table = doc
+        .split(header)
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/observability.md has no table {header:?}"));
+    let table = table.split("\n\n").next().unwrap_or(table);
+    table
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let names = cells[0]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            (names, cells.get(1).map_or("", |c| c.trim()).to_owned())
+        })
+        .collect()
+}
+
+/// Every `rtmp_proxy_*` family `/metrics` exposes is in
+/// docs/observability.md's table with its type, and every one there is
+/// exposed once the traffic below has touched it (a labelled counter has
+/// no family before its first sample); the access log's fields are the
+/// ones its table lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_metric_and_log_field_is_documented_and_every_documented_one_exists() {
+    let backend = Backend::start("media", Mode::Rtmp).await;
+    let hook = common::hook::Hook::start(|_| common::hook::Answer::status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let proxy = Proxy::start(&format!(
+        "  access_log: \"{}\"\n  access_log_interval: 300ms\n{TCP_CHECK}  auth:\n    on_publish: {}\n  backends:\n    static:\n{}",
+        access.display(),
+        hook.url(),
+        backend.yaml(10, 1)
+    ))
+    .await;
+    let count = |name: &'static str| {
+        let admin = proxy.admin;
+        move || {
+            http_get_blocking(admin, "/metrics").is_ok_and(|(_, body)| {
+                body.lines()
+                    .any(|l| l.starts_with(name) && !l.ends_with(" 0"))
+            })
+        }
+    };
+
+    // A rejection: not RTMP.
+    let mut probe = proxy.connect().await;
+    probe.write_all(&[4u8; 8]).await.unwrap();
+    assert!(closed_within(&mut probe, Duration::from_secs(5)).await);
+    // A closed HTTP connection: a malformed request on the admin port.
+    let mut bad = TcpStream::connect(proxy.admin).await.unwrap();
+    bad.write_all(b"NOT HTTP\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the admin port kept a malformed request open");
+    // A publish (auth, bytes, identified) taken over by a second one of the
+    // same key (takeover, closed) ...
+    let mut first = publisher(&proxy).await;
+    let mut second = publisher(&proxy).await;
+    assert!(closed_within(&mut first, Duration::from_secs(5)).await);
+    // ... which ends, and is back within sticky_for (sticky).
+    drop(second.shutdown().await);
+    drop(second);
+    let ended = wait_until(
+        Duration::from_secs(10),
+        count("rtmp_proxy_connections_closed_total{reason=\"client_closed\"}"),
+    )
+    .await;
+    assert!(ended, "{}", proxy.log_text());
+    let third = publisher(&proxy).await;
+    let sticky = wait_until(Duration::from_secs(10), count("rtmp_proxy_sticky_total")).await;
+    assert!(sticky, "{}", proxy.log_text());
+    // A progress line of the live stream, for the log's fields.
+    let progressed = wait_until(Duration::from_secs(5), || {
+        access_lines(&access)
+            .iter()
+            .any(|l| l["event"] == "progress")
+    })
+    .await;
+    assert!(progressed, "no progress line");
+
+    let (status, body) = http_get(proxy.admin, "/metrics").await.expect("/metrics");
+    assert_eq!(status, 200);
+    let exposed: HashMap<String, String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE rtmp_proxy_"))
+        .filter_map(|l| {
+            let (name, kind) = l.split_once(' ')?;
+            Some((format!("rtmp_proxy_{name}"), kind.trim().to_owned()))
+        })
+        .collect();
+    let documented: HashMap<String, String> = doc_table("| metric | type | labels | meaning |")
+        .into_iter()
+        .flat_map(|(names, kind)| names.into_iter().map(move |n| (n, kind.clone())))
+        .filter(|(n, _)| n.starts_with("rtmp_proxy_"))
+        .collect();
+    let mut wrong = Vec::new();
+    for (name, kind) in &exposed {
+        match documented.get(name) {
+            None => wrong.push(format!("{name} is exposed but not documented")),
+            Some(doc) if doc != kind => {
+                wrong.push(format!("{name} is a {kind}, documented as a {doc}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in documented.keys() {
+        if !exposed.contains_key(name) && !EXPOSED_ONLY_WITH_ECS.contains(&name.as_str()) {
+            wrong.push(format!("{name} is documented but was not exposed"));
+        }
+    }
+    for name in EXPOSED_ONLY_WITH_ECS {
+        if !documented.contains_key(*name) {
+            wrong.push(format!("{name} (allowed unexposed) is not documented"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}\n/metrics:\n{body}", wrong.join("\n"));
+
+    let fields: Vec<String> = doc_table("| field | meaning |")
+        .into_iter()
+        .flat_map(|(names, _)| names)
+        .collect();
+    let lines = access_lines(&access);
+    let mut seen: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.as_object())
+        .flat_map(|o| o.keys().cloned())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    let mut listed = fields.clone();
+    listed.sort();
+    assert_eq!(
+        seen, listed,
+        "the access log's fields and docs/observability.md's table differ"
+    );
+    drop(third);
+}
