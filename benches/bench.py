@@ -31,6 +31,20 @@ a second round in which a connection is an RTMP publish (`loadgen cps
 every target, each in front of an rtmp-sink of its own (figure cps_rtmp).
 The other figures (tput, lat, idle, burst) proxy raw bytes and skip it.
 
+RTMPS: target rtmp-proxy-rtmps is rtmp-proxy in rtmp mode with a `proxy.tls`
+listener (TLS ends in the proxy), haproxy-ssl is HAProxy `mode tcp` with
+`bind ... ssl crt` (the same certificate, made with openssl at run time in
+the work directory), both in front of a `loadgen rtmp-sink`; their clients
+speak TLS (`loadgen --tls`). They take part in `ingest` (publishers over
+TLS) and in `push`:
+
+  push            `loadgen tput`: one connection, an RTMP publish, then
+                  128 KiB writes as fast as they go for a few seconds
+                  (Gbit/s), over TLS for the TLS targets; every target in
+                  front of an rtmp-sink of its own, in rotation as tput.
+                  iperf3 cannot speak TLS: this is the same-tool figure for
+                  RTMPS against plain.
+
 Results are ratios to HAProxy measured in the same run: the machine is
 shared and absolute figures drift. For throughput, connections/s and
 latency all targets run at once and the load takes turns between them
@@ -59,20 +73,25 @@ PROXY_BIN = os.path.join(TARGET_DIR, "release", "rtmp-proxy")
 LOADGEN_BIN = os.path.join(TARGET_DIR, "release", "loadgen")
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
-PROXIES = ["rtmp-proxy", "rtmp-proxy-rtmp", "haproxy", "haproxy-splice", "nginx"]
+PROXIES = ["rtmp-proxy", "rtmp-proxy-rtmp", "rtmp-proxy-rtmps", "haproxy", "haproxy-splice", "haproxy-ssl", "nginx"]
 ALL_TARGETS = ["direct"] + PROXIES
-# Targets that need RTMP clients and backends: only in ingest, setup and cps_rtmp.
+# Targets that need RTMP clients and backends: only in ingest, setup, cps_rtmp
+# and push.
 RTMP_ONLY = {"rtmp-proxy-rtmp"}
+# Targets whose clients speak TLS (to an rtmp-sink behind): only in ingest and push.
+TLS_TARGETS = {"rtmp-proxy-rtmps", "haproxy-ssl"}
 LABEL = {
     "direct": "direct",
     "rtmp-proxy-base": "rtmp-proxy (baseline build)",
     "rtmp-proxy": "rtmp-proxy",
     "rtmp-proxy-rtmp": "rtmp-proxy, protocol: rtmp",
+    "rtmp-proxy-rtmps": "rtmp-proxy, RTMPS (proxy.tls)",
     "haproxy": "HAProxy",
     "haproxy-splice": "HAProxy splice",
+    "haproxy-ssl": "HAProxy ssl",
     "nginx": "nginx",
 }
-FIGURES = ["tput", "cps", "lat", "ingest", "idle", "burst", "setup"]
+FIGURES = ["tput", "cps", "lat", "ingest", "idle", "burst", "setup", "push"]
 
 FULL = dict(
     tput_iters=5,
@@ -87,7 +106,7 @@ FULL = dict(
     burst_settle=60,
     setup_count=200,
     setup_warmup=10,
-    deadline=20 * 60,
+    deadline=28 * 60,
 )
 SMOKE = dict(
     tput_iters=1,
@@ -102,7 +121,7 @@ SMOKE = dict(
     idle_conns=200,
     setup_count=20,
     setup_warmup=2,
-    deadline=4 * 60,
+    deadline=6 * 60,
 )
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -111,7 +130,12 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 def raw_targets(targets):
     """The targets of the figures that proxy raw bytes (not RTMP)."""
-    return [t for t in targets if t not in RTMP_ONLY]
+    return [t for t in targets if t not in RTMP_ONLY and t not in TLS_TARGETS]
+
+
+def plain_targets(targets):
+    """The targets plain-TCP clients reach (all but the TLS ones)."""
+    return [t for t in targets if t not in TLS_TARGETS]
 
 
 def log(msg):
@@ -276,6 +300,7 @@ class Bench:
         self.samples = {}  # (target, figure) -> [values]
         self.notes = []
         self.started_ok = set()
+        self.tls_info = {}  # target -> what the TLS client negotiated
 
     def add(self, target, fig, value):
         if value is not None:
@@ -305,15 +330,35 @@ class Bench:
             return False
 
     def fresh_ports(self):
-        """Three consecutive free ports (rtmp-proxy: proxy, health, admin)."""
+        """Four consecutive free ports (rtmp-proxy: proxy, health, admin, and
+        the TLS listener of rtmp-proxy-rtmps)."""
         for _ in range(1000):
             port = self.next_port
-            self.next_port += 3
+            self.next_port += 4
             if self.next_port > self.base + 3000:
                 self.next_port = self.base + 10
-            if not any(listening(port + k) for k in range(3)):
+            if not any(listening(port + k) for k in range(4)):
                 return port
         raise RuntimeError("no free ports")
+
+    def certificate(self):
+        """A self-signed ECDSA P-256 certificate for 127.0.0.1, made once per
+        run in the work directory (never committed): (cert, key, cert+key
+        for HAProxy's `crt`)."""
+        d = os.path.join(self.workdir, "tls")
+        cert, key, both = (os.path.join(d, n) for n in ("cert.pem", "key.pem", "haproxy.pem"))
+        if not os.path.exists(both):
+            os.makedirs(d, exist_ok=True)
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                 "-keyout", key, "-out", cert],
+                check=True, capture_output=True, timeout=30)
+            with open(both, "w") as f:
+                for path in (cert, key):
+                    with open(path) as part:
+                        f.write(part.read())
+        return cert, key, both
 
     def start_proxy(self, target, backend_port, max_connections=0):
         """Starts one peer in front of 127.0.0.1:backend_port; returns (proc, port).
@@ -326,9 +371,14 @@ class Bench:
         os.makedirs(d, exist_ok=True)
         if target.startswith("rtmp-proxy"):
             conf = os.path.join(d, "rtmp-proxy.yaml")
-            if target == "rtmp-proxy-rtmp":
+            if target in ("rtmp-proxy-rtmp", "rtmp-proxy-rtmps"):
                 # The RTMP front; generous for a thousand publishers at once.
                 protocol = "  protocol: rtmp\n  handshake_timeout: 60s\n"
+                if target == "rtmp-proxy-rtmps":
+                    # RTMPS on the fourth port; clients go there.
+                    cert, key, _ = self.certificate()
+                    protocol += (f"  tls:\n    - listen: \"127.0.0.1:{port + 3}\"\n"
+                                 f"      cert: \"{cert}\"\n      key: \"{key}\"\n")
             else:
                 protocol = "  protocol: tcp\n" if self.proxy_config_has_protocol() else ""
             with open(conf, "w") as f:
@@ -362,6 +412,8 @@ proxy:
             binary = self.args.baseline_bin if target == "rtmp-proxy-base" else PROXY_BIN
             p = self.procs.start(target, [binary, "-c", conf], env=env)
             wait_listen(port, p)
+            if target == "rtmp-proxy-rtmps":
+                wait_listen(port + 3, p)
             # Serving once the slot table knows the backend.
             end = time.monotonic() + 10
             while time.monotonic() < end:
@@ -374,9 +426,13 @@ proxy:
                 time.sleep(0.1)
             else:
                 raise RuntimeError("rtmp-proxy never listed its backend")
+            if target == "rtmp-proxy-rtmps":
+                port += 3
         elif target.startswith("haproxy"):
             conf = os.path.join(d, "haproxy.cfg")
             splice = "    option splice-auto\n" if target == "haproxy-splice" else ""
+            # TLS ends in HAProxy (OpenSSL), cert and key in one file.
+            ssl = f" ssl crt {self.certificate()[2]}" if target == "haproxy-ssl" else ""
             with open(conf, "w") as f:
                 f.write(
                     f"""global
@@ -391,7 +447,7 @@ defaults
     timeout server 300s
 {splice}
 listen bench
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{ssl}
     balance roundrobin
     server b1 127.0.0.1:{backend_port}
 """
@@ -519,7 +575,7 @@ stream {{
         # A second round, RTMP publishes, for every target: only with the
         # rtmp-mode target to compare.
         if "cps" in figures and any(t in RTMP_ONLY for t in targets):
-            self.phase_cps_rtmp(targets)
+            self.phase_cps_rtmp(plain_targets(targets))
 
     def cps_lat_raw(self, targets, figures):
         # An echo backend of its own for each target. Through one shared
@@ -593,17 +649,20 @@ stream {{
         for t in targets:
             # rtmp mode: an RTMP media server behind, and publishers that
             # publish first (before START, so outside the CPU window).
-            rtmp = t in RTMP_ONLY
+            tls = t in TLS_TARGETS
+            rtmp = t in RTMP_ONLY or tls
             kind = "rtmp-sink" if rtmp else "sink"
             srv = self.start_backend(kind)
             p, port = self.start_proxy(t, self.port[kind])
             gen = None
             try:
+                # The proxy's CPU for opening them all (TLS handshakes, publishes).
+                cpu_open0 = cpu_seconds(tree(p.pid))
                 gen = self.procs.start(
                     f"ingest-{t}",
                     [LOADGEN_BIN, "--threads", "2", "ingest", "--target", f"127.0.0.1:{port}",
                      "--conns", str(c["ingest_conns"]), "--mbps", "2", "--seconds", str(c["ingest_seconds"])]
-                    + (["--rtmp"] if rtmp else []),
+                    + (["--rtmp"] if rtmp else []) + (["--tls"] if tls else []),
                     stdout=subprocess.PIPE,
                 )
                 line = read_line(gen, 60)
@@ -612,6 +671,7 @@ stream {{
                     continue
                 pids = tree(p.pid)
                 cpu0 = cpu_seconds(pids)
+                self.add(t, "ingest_open_cpu", cpu0 - cpu_open0)
                 line = read_line(gen, c["ingest_seconds"] + 60)
                 cpu1 = cpu_seconds(tree(p.pid))
                 hwm = status_kib(tree(p.pid), "VmHWM")
@@ -622,7 +682,9 @@ stream {{
                     continue
                 log(f"ingest {t}: {cpu1 - cpu0:.2f} CPU s, peak RSS {hwm / 1024:.1f} MiB, "
                     f"{out['mbit_per_s']:.0f} Mbit/s ({out['offered_fraction']:.3f} of offered), "
-                    f"{out['conns']} conns")
+                    f"{out['conns']} conns" + (f", {out['tls']}" if out.get("tls") else ""))
+                if out.get("tls"):
+                    self.tls_info[t] = out["tls"]
                 if out["offered_fraction"] < 0.97 or out["write_errors"] or out["failed_to_open"]:
                     self.notes.append(
                         f"ingest {t}: {out['conns']} connections, {out['offered_fraction']:.3f} of the offered "
@@ -773,10 +835,44 @@ stream {{
             for srv in srvs:
                 self.procs.stop(srv)
 
+    def phase_push(self, targets):
+        """Throughput through one connection, RTMP publish first, as fast as
+        it goes (`loadgen tput`); TLS for the TLS targets. All targets at
+        once, each in front of an rtmp-sink of its own, in rotation."""
+        c = self.cfg
+        srvs, started = self.sinks_for(targets, self.base + 3130)
+        secs = c["tput_seconds"]
+        try:
+            time.sleep(0.5)
+            for it in range(c["tput_iters"]):
+                for t in self.order(targets, it):
+                    time.sleep(0.3)
+                    tls = t in TLS_TARGETS
+                    out = self.run_json(
+                        f"push {t}",
+                        [LOADGEN_BIN, "--threads", "1", "tput", "--target", f"127.0.0.1:{started[t][1]}",
+                         "--seconds", str(secs), "--rtmp"] + (["--tls"] if tls else []),
+                        secs + 40,
+                    )
+                    if not out:
+                        log(f"push {t}: failed")
+                        continue
+                    if out.get("closed_seconds") is None:
+                        self.notes.append(f"push {t}: the target did not close within 10 s; rate over the writes")
+                    if out.get("tls"):
+                        self.tls_info[t] = out["tls"]
+                    log(f"push {t}: {out['gbit_per_s']:.2f} Gbit/s" + (f" ({out['tls']})" if out.get("tls") else ""))
+                    self.add(t, "push", out["gbit_per_s"])
+        finally:
+            self.stop_all(started)
+            for srv in srvs:
+                self.procs.stop(srv)
+
     def phase_setup(self, targets):
         """Publish setup time, TCP connect to NetStream.Publish.Start, one
         publish at a time, one to each target in turn."""
         c = self.cfg
+        targets = plain_targets(targets)
         srvs, started = self.sinks_for(targets, self.base + 3120)
         addr = {t: f"127.0.0.1:{port}" for t, (_, port) in started.items()}
         args = [a for t in targets for a in ("--target", addr[t])]
@@ -922,6 +1018,8 @@ ROWS = [
     ("setup_p90", "Publish setup, TCP connect to NetStream.Publish.Start, p90", "ms", False, "{:.3f}"),
     ("setup_add_p50", "Added publish setup median (target − direct)", "ms", False, "{:.3f}"),
     ("setup_add_p90", "Added publish setup p90 (target − direct)", "ms", False, "{:.3f}"),
+    ("push", "Push throughput, 1 connection (loadgen tput: RTMP publish, then bytes as fast as they go; "
+     "TLS for the RTMPS and ssl columns)", "Gbit/s", True, "{:.2f}"),
 ]
 # Rows that differ from direct: direct's cell is 0.
 ADDED = ("add_p50", "add_p99", "setup_add_p50", "setup_add_p90")
@@ -1141,6 +1239,84 @@ def write_rtmp_section(w, med, cols, cfg):
         w("")
 
 
+def write_rtmps_section(w, med, cols, cfg, tls_info, samples, heading="###"):
+    """RTMPS: rtmp-proxy terminating TLS (`proxy.tls`) against its plain RTMP
+    front and HAProxy with `ssl crt`, same run."""
+    rs, rt, hs, hp = "rtmp-proxy-rtmps", "rtmp-proxy-rtmp", "haproxy-ssl", "haproxy"
+    if not any((t, f) in med for t in (rs, hs) for f in ("ingest_cpu", "push")):
+        return
+    w(f"{heading} RTMPS (`proxy.tls`)")
+    w("")
+    w(f"\"{LABEL[rs]}\" is rtmp-proxy in `protocol: rtmp` with a `proxy.tls` listener: TLS ends in the proxy")
+    w("(tokio-rustls), then the client takes the plain RTMP path. \"HAProxy ssl\" is HAProxy `mode tcp` with")
+    w("`bind … ssl crt` (OpenSSL). Both present the same self-signed ECDSA P-256 certificate (made with")
+    w("openssl at run time) and sit in front of a `loadgen rtmp-sink`; their clients are `loadgen … --tls`"
+      + (f", which negotiated {', '.join(sorted(set(tls_info.values())))}." if tls_info else "."))
+    w("Plain RTMP for comparison: rtmp-proxy with `protocol: rtmp` (same front, no TLS) and HAProxy tcp.")
+    w("")
+    show = [t for t in (rt, rs, hp, hs) if any((t, f) in med for f in ("ingest_cpu", "push"))]
+    pairs = [("RTMPS / HAProxy ssl", rs, hs), ("RTMPS / plain rtmp", rs, rt), ("HAProxy ssl / HAProxy plain", hs, hp)]
+    rows = [
+        ("ingest_cpu", f"Ingest {cfg['ingest_conns']:,} × 2 Mbit/s, {cfg['ingest_seconds']} s: proxy CPU", "CPU s",
+         "lower", "{:.2f}"),
+        ("ingest_open_cpu", f"Opening the {cfg['ingest_conns']:,} publishers (TLS handshakes, publishes): proxy CPU",
+         "CPU s", "lower", "{:.2f}"),
+        ("ingest_rss", "Ingest: proxy peak RSS (VmHWM)", "MiB", "lower", "{:.1f}"),
+        ("push", "Push throughput, 1 connection (loadgen tput)", "Gbit/s", "higher", "{:.2f}"),
+    ]
+    w("| figure | unit | better | " + " | ".join(LABEL[t] for t in show) + " | "
+      + " | ".join(name for name, _, _ in pairs) + " |")
+    w("|---|---|---|" + "---|" * (len(show) + len(pairs)))
+    for fig, title, unit, better, f in rows:
+        if not any((t, fig) in med for t in show):
+            continue
+        cells = [f.format(med[(t, fig)]) if (t, fig) in med else "–" for t in show]
+        ratios = []
+        # Opening CPU of a plain target is a few clock ticks: no ratio to it.
+        least = 0.1 if fig == "ingest_open_cpu" else 0
+        for _, a, b in pairs:
+            x, y = med.get((a, fig)), med.get((b, fig))
+            ratios.append("–" if x is None or not y or y < least else f"{x / y:.2f}×")
+        w(f"| {title} | {unit} | {better} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    w("")
+    # Ingest rounds run back to back, so a ratio within one round is
+    # steadier than the ratio of medians when the machine's load drifts.
+    per_round = []
+    for name, a, b in pairs:
+        xs, ys = samples.get((a, "ingest_cpu"), []), samples.get((b, "ingest_cpu"), [])
+        if len(xs) > 1 and len(xs) == len(ys):
+            rs = [x / y for x, y in zip(xs, ys) if y]
+            per_round.append(f"{name} " + ", ".join(f"{r:.2f}" for r in rs)
+                             + f" (median {statistics.median(rs):.2f}×)")
+    if per_round:
+        w("Ingest CPU ratios round by round: " + "; ".join(per_round) + ".")
+        w("")
+    ref = [t for t in cols if (t, "push") in med and (t, "tput1") in med]
+    if ref:
+        w("The push figure against iperf3 (1 stream) for the same targets in this run, both plain: "
+          + ", ".join(f"{LABEL[t]} push {med[(t, 'push')]:.2f} vs iperf3 {med[(t, 'tput1')]:.2f} Gbit/s" for t in ref)
+          + ".")
+        w("")
+    rounds = f"median of {cfg['ingest_rounds']} rounds in alternating order" if cfg["ingest_rounds"] > 1 else "one round"
+    w(f"- Ingest: as the ingest figure ({rounds}, one target at a time), every publisher first does its TLS")
+    w("  handshake (for the TLS columns) and RTMP publish, all before the CPU window; in the window the proxy")
+    w("  decrypts 2 Mbit/s per publisher (25 records of 10,000 bytes a second, each written and flushed")
+    w("  by itself) and copies it to the sink. \"Opening\" is the proxy's CPU from before the load client")
+    w("  started to its `START`: TLS handshakes, and for rtmp-proxy also its own RTMP handshake and command")
+    w("  answers and a second handshake with the sink, where HAProxy only pipes the publish through.")
+    w("  The plain HAProxy column's ingest is the tcp ingest figure (same paced bytes, no publish first).")
+    w(f"- Push: `loadgen tput --rtmp [--tls]`: one connection publishes, then writes 128 KiB buffers for")
+    w(f"  {cfg['tput_seconds']} s as fast as they go, closes its side and waits for the target to close (the sink")
+    w("  has read everything); bytes / time to that close. Every target in front of an rtmp-sink of its")
+    w(f"  own, all started at once, one run per target in rotation, median of {cfg['tput_iters']}. iperf3 cannot")
+    w("  speak TLS, hence this tool; it runs on the same 2 cores as the proxy and encrypts (ring) in the")
+    w("  TLS columns, so those columns measure the machine with a TLS client, not the proxy alone.")
+    w("- Cryptography: rtmp-proxy's TLS is rustls with aws-lc-rs, HAProxy's OpenSSL 3.0; the client")
+    w("  offers X25519 only: HAProxy's OpenSSL 3.0 has no X25519+ML-KEM hybrid, which rtmp-proxy's")
+    w("  rustls takes when a client offers it (a costlier handshake, not measured here).")
+    w("")
+
+
 def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load1):
     cfg = bench.cfg
     cols = [t for t in ["direct", "rtmp-proxy-base"] + PROXIES if t in bench.targets]
@@ -1190,6 +1366,7 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
           + ", ".join(f"{LABEL[t]} {med[(t, 'ingest_mbps')]:.0f}" for t in cols if (t, "ingest_mbps") in med) + ".")
     w("")
     write_rtmp_section(w, med, cols, cfg)
+    write_rtmps_section(w, med, cols, cfg, bench.tls_info, bench.samples)
     w(f"![ratios to HAProxy]({png_name})")
     w("")
     w("What the profiles showed and what was changed because of it: [benches/PROFILE.md](benches/PROFILE.md).")
@@ -1255,6 +1432,8 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
     w(f"  wait in the queue, and {cfg['burst_conns']:,} connections to the health port that each send half a")
     w(f"  request; all closed together, then RSS again {cfg['burst_settle']} s later. Twice in one process: memory")
     w("  kept after a burst is what a small container pays for good.")
+    w("- **Push throughput** and **RTMPS**: see the RTMPS section above; HAProxy ssl is `bind … ssl crt")
+    w("  <cert+key>` with otherwise the same settings as HAProxy tcp.")
     w("- Every peer is started fresh for each phase, on its own port, with 2 threads or workers:")
     w("  rtmp-proxy `threads: 2`, `protocol: tcp` (`protocol: rtmp` and `handshake_timeout: 60s` for")
     w("  the rtmp-mode column, whose one info line per publish is turned off with")
@@ -1268,7 +1447,7 @@ def write_report(bench, info, med, out_md, png_name, smoke, elapsed, load0, load
     w("## Reproduce")
     w("")
     w("```sh")
-    w("benches/run            # full run, about 12 minutes; rewrites BENCHMARKS.md and benchmarks.png")
+    w("benches/run            # full run, about 20 minutes; rewrites BENCHMARKS.md and benchmarks.png")
     w("benches/run --smoke    # a few seconds per figure: checks every peer starts and each figure is produced")
     w("cargo bench            # Criterion micro-benchmarks (RTMP front, slot selection)")
     w("```")
@@ -1308,8 +1487,8 @@ def main():
     if args.tput_iters:
         cfg["tput_iters"] = args.tput_iters
     cfg["ingest_rounds"] = max(1, args.ingest_rounds)
-    # Each further ingest round takes about 35 s per target (7 at most).
-    cfg["deadline"] += (cfg["ingest_rounds"] - 1) * 40 * 7
+    # Each further ingest round takes about 35 s per target (9 at most).
+    cfg["deadline"] += (cfg["ingest_rounds"] - 1) * 40 * 9
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.workdir = args.workdir or os.path.join(TARGET_DIR, "bench", ("smoke-" if args.smoke else "") + stamp)
     out_md = args.out or (os.path.join(args.workdir, "BENCHMARKS.md") if args.smoke else os.path.join(ROOT, "BENCHMARKS.md"))
@@ -1371,6 +1550,8 @@ def main():
             bench.phase_burst(targets)
         if "setup" in figures:
             bench.phase_setup(targets)
+        if "push" in figures:
+            bench.phase_push(targets)
     except (Deadline, RuntimeError, KeyboardInterrupt) as e:
         failed = f"{type(e).__name__}: {e}"
         log(f"stopped: {failed}")
@@ -1402,7 +1583,7 @@ def main():
     if args.smoke or failed:
         want_figs = {"tput": ["tput1", "tput8"], "cps": ["cps"], "lat": ["lat_p50", "lat_p99"],
                      "ingest": ["ingest_cpu", "ingest_rss"], "idle": ["idle_kib"],
-                     "burst": ["burst_after2"], "setup": ["setup_p50", "setup_p90"]}
+                     "burst": ["burst_after2"], "setup": ["setup_p50", "setup_p90"], "push": ["push"]}
         rtmp_run = any(t in RTMP_ONLY for t in targets)
         if rtmp_run:
             want_figs["cps"] = want_figs["cps"] + ["cps_rtmp"]
@@ -1414,13 +1595,16 @@ def main():
                         continue
                     if fg == "burst" and not t.startswith("rtmp-proxy"):
                         continue
-                    # RTMP-only targets: ingest, setup and cps_rtmp.
-                    if t in RTMP_ONLY and fg not in ("ingest", "setup") and key != "cps_rtmp":
+                    # RTMP-only targets: ingest, setup, cps_rtmp and push.
+                    if t in RTMP_ONLY and fg not in ("ingest", "setup", "push") and key != "cps_rtmp":
+                        continue
+                    # TLS targets: ingest and push.
+                    if t in TLS_TARGETS and fg not in ("ingest", "push"):
                         continue
                     if (t, key) not in med:
                         missing.append(f"{t}/{key}")
                 if fg == "setup" and "direct" in targets:
-                    for t in targets:
+                    for t in plain_targets(targets):
                         if t != "direct" and (t, "setup_add_p50") not in med:
                             missing.append(f"{t}/setup_add_p50")
         not_started = [t for t in targets if t != "direct" and t not in bench.started_ok]

@@ -9,7 +9,11 @@
 //!                                            RTMP publish up to Publish.Start), close
 //! loadgen latency --target ADDR              64-byte ping-pong on one connection
 //! loadgen ingest  --target ADDR [--rtmp]     N paced publishers (2 Mbit/s each), after
-//!                                            an RTMP publish with --rtmp
+//!                 [--tls]                    an RTMP publish with --rtmp; over TLS
+//!                                            (RTMPS with --rtmp) with --tls
+//! loadgen tput    --target ADDR [--rtmp]     one connection writing as fast as it can
+//!                 [--tls]                    for N seconds (after a publish with
+//!                                            --rtmp; over TLS with --tls): bytes/s
 //! loadgen setup   --target ADDR --count N    sequential RTMP publishes: time from the
 //!                                            TCP connect to NetStream.Publish.Start
 //! loadgen idle    --target ADDR              N idle connections, in rounds driven on stdin
@@ -18,10 +22,21 @@
 //! The RTMP client side replays the bytes a real ffmpeg sent when it
 //! published (`src/rtmp/testdata/ffmpeg_publish.bin`): C0+C1, then, once
 //! S0+S1+S2 are in, C2 and the commands up to and including
-//! `publish("testkey123")` (app `stream`); then it reads until
+//! `publish("testkey123")` (app `stream`), the key replaced by one of
+//! the same length unique to the connection (`k` + 3 characters random
+//! per process + a 6-character count), as a fleet of encoders has a key
+//! each: with one key for all, rtmp-proxy's `duplicate_publish` (takeover
+//! by default) would close every publisher the next one replaces. Then it
+//! reads until
 //! `NetStream.Publish.Start` arrives. What follows (`ingest --rtmp`) is the
 //! same paced filler as without `--rtmp`: `protocol: rtmp` copies client
 //! bytes after the publish verbatim, whatever they are.
+//!
+//! `--tls` (benchmarks only) trusts whatever certificate the target shows:
+//! the certificate chain is not checked, the handshake's signature is. The
+//! client offers TLS 1.3 and 1.2 and only the X25519 key exchange (what
+//! every peer supports, so no peer pays for a post-quantum hybrid that
+//! another does not); it uses ring's cryptography.
 //!
 //! Every mode is bounded in time (`--seconds`, `--max-seconds`) and exits by
 //! itself; results are one JSON object on stdout. Every socket is opened to
@@ -35,8 +50,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::rustls;
+use tokio_rustls::TlsConnector;
 
 #[derive(Parser)]
 #[command(about = "rtmp-proxy benchmark load client and backends (loopback only)")]
@@ -135,6 +152,29 @@ enum Mode {
         /// `rtmp-sink`).
         #[arg(long)]
         rtmp: bool,
+        /// Over TLS (the TLS handshake, too, before `START`).
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Throughput: `conns` connections (after an RTMP publish with
+    /// `--rtmp`, over TLS with `--tls`) each write `size`-byte buffers as
+    /// fast as they can for `seconds`, then close their side and wait for
+    /// the target to close (all bytes through to the backend, which closes
+    /// once it has read them). Bytes / time to that close.
+    Tput {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Bytes per write (iperf3's default for TCP: 128 KiB).
+        #[arg(long, default_value_t = 128 * 1024)]
+        size: usize,
+        #[arg(long)]
+        rtmp: bool,
+        #[arg(long)]
+        tls: bool,
     },
     /// Publish setup time: `count` RTMP publishes to each `--target`, one
     /// at a time (one to each target in turn), each timed from the start
@@ -223,7 +263,30 @@ fn main() {
                 fps,
                 seconds,
                 rtmp,
-            } => ingest(loopback(target)?, conns, mbps, fps, seconds, rtmp).await,
+                tls,
+            } => {
+                let tls = tls.then(tls_connector);
+                ingest(loopback(target)?, conns, mbps, fps, seconds, rtmp, tls).await
+            }
+            Mode::Tput {
+                target,
+                conns,
+                seconds,
+                size,
+                rtmp,
+                tls,
+            } => {
+                let tls = tls.then(tls_connector);
+                tput(
+                    loopback(target)?,
+                    conns.clamp(1, 64),
+                    seconds,
+                    size.clamp(1, 1 << 22),
+                    rtmp,
+                    tls,
+                )
+                .await
+            }
             Mode::Setup {
                 target,
                 count,
@@ -379,11 +442,48 @@ async fn read_until<S: AsyncRead + Unpin>(
 /// The client side of an RTMP publish on a connected socket: ffmpeg's
 /// C0+C1, S0+S1+S2 read, ffmpeg's C2 and commands up to `publish`, then
 /// until the server's (or proxy's) `NetStream.Publish.Start`.
-async fn rtmp_publish(s: &mut TcpStream) -> Result<(), String> {
+/// ffmpeg's key in `FFMPEG_PUBLISH` (in releaseStream, FCPublish and
+/// publish, each within one chunk).
+const FFMPEG_KEY: &[u8] = b"testkey123";
+
+/// `FFMPEG_PUBLISH` up to `publish`, with a key of its own (see the top).
+fn publish_bytes() -> Vec<u8> {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    static PREFIX: std::sync::OnceLock<[u8; 3]> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| std::array::from_fn(|_| DIGITS[fastrand::usize(..36)]));
+    let mut n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut key = [0u8; 10];
+    key[0] = b'k';
+    key[1..4].copy_from_slice(prefix);
+    for b in key[4..].iter_mut().rev() {
+        *b = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    let mut bytes = FFMPEG_PUBLISH[..PUBLISH_END].to_vec();
+    let mut found = 0;
+    let mut i = C0C1_LEN + HANDSHAKE_LEN;
+    while i + FFMPEG_KEY.len() <= bytes.len() {
+        if &bytes[i..i + FFMPEG_KEY.len()] == FFMPEG_KEY {
+            bytes[i..i + FFMPEG_KEY.len()].copy_from_slice(&key);
+            found += 1;
+            i += FFMPEG_KEY.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert_eq!(found, 3, "ffmpeg_publish.bin: the key three times");
+    bytes
+}
+
+async fn rtmp_publish<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<(), String> {
+    let publish = publish_bytes();
     let talk = async {
-        s.write_all(&FFMPEG_PUBLISH[..C0C1_LEN])
+        // Flushed: over TLS a written record may wait in the session.
+        s.write_all(&publish[..C0C1_LEN])
             .await
             .map_err(|e| format!("writing C0+C1: {e}"))?;
+        s.flush().await.map_err(|e| format!("writing C0+C1: {e}"))?;
         let mut answer = vec![0u8; S0S1S2_LEN];
         s.read_exact(&mut answer)
             .await
@@ -391,7 +491,10 @@ async fn rtmp_publish(s: &mut TcpStream) -> Result<(), String> {
         if answer[0] != 3 {
             return Err(format!("S0: version {}, not 3", answer[0]));
         }
-        s.write_all(&FFMPEG_PUBLISH[C0C1_LEN..PUBLISH_END])
+        s.write_all(&publish[C0C1_LEN..])
+            .await
+            .map_err(|e| format!("writing C2 and commands: {e}"))?;
+        s.flush()
             .await
             .map_err(|e| format!("writing C2 and commands: {e}"))?;
         read_until(s, PUBLISH_START, MAX_SEARCH)
@@ -796,24 +899,129 @@ enum Prove {
     RtmpPublish,
 }
 
+/// A client connection: plain TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
+/// What a `--tls` client negotiated (first connection), for the report.
+static TLS_INFO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Trusts any certificate (benchmarks only): the chain is not checked, the
+/// handshake signature is, with the provider's algorithms, so the server
+/// does all the work it does for a real client.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The `--tls` client: TLS 1.3 or 1.2, X25519 only, any certificate.
+fn tls_connector() -> TlsConnector {
+    // ring's provider is deprecated for lacking post-quantum groups: this
+    // client offers X25519 alone anyway.
+    #[allow(deprecated)]
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![rustls::crypto::ring::kx_group::X25519];
+    let provider = Arc::new(provider);
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Connects (and with `tls`, does the TLS handshake, within OP_TIMEOUT).
+async fn connect_conn(target: SocketAddr, tls: Option<&TlsConnector>) -> Result<Conn, String> {
+    let s = connect(target).await?;
+    let Some(tls) = tls else {
+        return Ok(Box::new(s));
+    };
+    // An IP address as the name: no SNI is sent.
+    let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+    let t = tokio::time::timeout(OP_TIMEOUT, tls.connect(name, s))
+        .await
+        .map_err(|_| "TLS handshake timeout".to_string())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    TLS_INFO.get_or_init(|| {
+        let c = t.get_ref().1;
+        let show = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+        format!(
+            "{} {} {}",
+            show(c.protocol_version().map(|v| format!("{v:?}"))),
+            show(
+                c.negotiated_cipher_suite()
+                    .map(|v| format!("{:?}", v.suite()))
+            ),
+            show(
+                c.negotiated_key_exchange_group()
+                    .map(|g| format!("{:?}", g.name()))
+            ),
+        )
+    });
+    Ok(Box::new(t))
+}
+
 /// Opens `n` connections, at most `parallel` connects in flight.
 async fn open_many(
     target: SocketAddr,
     n: usize,
     parallel: usize,
     prove: Prove,
-) -> (Vec<TcpStream>, usize, Option<String>) {
+    tls: Option<TlsConnector>,
+) -> (Vec<Conn>, usize, Option<String>) {
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let sem = sem.clone();
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let mut s = tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(target))
-                .await
-                .map_err(|_| "connect timeout".to_string())?
-                .map_err(|e| e.to_string())?;
-            let _ = s.set_nodelay(true);
+            let mut s = connect_conn(target, tls.as_ref()).await?;
             if prove == Prove::RtmpPublish {
                 rtmp_publish(&mut s).await?;
             }
@@ -822,6 +1030,7 @@ async fn open_many(
                 let mut b = [0u8; 1];
                 tokio::time::timeout(OP_TIMEOUT, async {
                     s.write_all(b"x").await?;
+                    s.flush().await?;
                     s.read_exact(&mut b).await
                 })
                 .await
@@ -850,6 +1059,90 @@ async fn open_many(
     (open, failed, first_error)
 }
 
+/// `tput`: writes as fast as the connection takes them for `seconds`, then
+/// closes its side and waits (at most 10 s) for the target's close.
+async fn tput(
+    target: SocketAddr,
+    conns: usize,
+    seconds: f64,
+    size: usize,
+    rtmp: bool,
+    tls: Option<TlsConnector>,
+) -> Res {
+    let prove = if rtmp {
+        Prove::RtmpPublish
+    } else {
+        Prove::Nothing
+    };
+    let is_tls = tls.is_some();
+    let (streams, failed, first_error) = open_many(target, conns, conns, prove, tls).await;
+    if failed > 0 || streams.is_empty() {
+        return Err(format!(
+            "{failed} of {conns} connections failed: {}",
+            first_error.unwrap_or_default()
+        ));
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::with_capacity(streams.len());
+    for mut s in streams {
+        tasks.push(tokio::spawn(async move {
+            let data = vec![0x5au8; size];
+            let mut sent = 0u64;
+            while Instant::now() < end {
+                tokio::time::timeout(OP_TIMEOUT, s.write_all(&data))
+                    .await
+                    .map_err(|_| "write timeout".to_string())?
+                    .map_err(|e| format!("write: {e}"))?;
+                sent += size as u64;
+            }
+            let written = start.elapsed();
+            // FIN (after TLS's close_notify); the backend reads what is
+            // left, sees the end, closes, and the target closes us.
+            let closed = tokio::time::timeout(Duration::from_secs(10), async {
+                s.shutdown().await?;
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return Ok::<_, std::io::Error>(()),
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await
+            .is_ok_and(|r| r.is_ok());
+            Ok::<_, String>((sent, written, closed.then(|| start.elapsed())))
+        }));
+    }
+    let (mut bytes, mut written, mut closed, mut all_closed) = (0u64, 0f64, 0f64, true);
+    for t in tasks {
+        let (sent, w, c) = t.await.map_err(|e| e.to_string())??;
+        bytes += sent;
+        written = f64::max(written, w.as_secs_f64());
+        match c {
+            Some(c) => closed = f64::max(closed, c.as_secs_f64()),
+            None => all_closed = false,
+        }
+    }
+    // Bytes over the time until the target closed (everything through),
+    // or until the last write if it never did.
+    let secs = if all_closed { closed } else { written };
+    println!(
+        "{}",
+        json!({
+            "mode": "tput",
+            "rtmp": rtmp,
+            "tls": is_tls.then(|| TLS_INFO.get().cloned()).flatten(),
+            "conns": conns,
+            "bytes": bytes,
+            "write_seconds": written,
+            "closed_seconds": all_closed.then_some(closed),
+            "gbit_per_s": bytes as f64 * 8.0 / secs / 1e9,
+        })
+    );
+    Ok(())
+}
+
 async fn ingest(
     target: SocketAddr,
     conns: usize,
@@ -857,13 +1150,15 @@ async fn ingest(
     fps: u32,
     seconds: f64,
     rtmp: bool,
+    tls: Option<TlsConnector>,
 ) -> Res {
     let prove = if rtmp {
         Prove::RtmpPublish
     } else {
         Prove::Nothing
     };
-    let (streams, failed, first_error) = open_many(target, conns, 128, prove).await;
+    let is_tls = tls.is_some();
+    let (streams, failed, first_error) = open_many(target, conns, 128, prove, tls).await;
     if streams.is_empty() {
         return Err(format!(
             "no connection opened: {}",
@@ -889,7 +1184,12 @@ async fn ingest(
             let mut next = start + offset;
             while next < end && !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep_until(next).await;
-                match tokio::time::timeout(OP_TIMEOUT, s.write_all(&data)).await {
+                // Flushed: over TLS the last record may wait in the session.
+                let write = async {
+                    s.write_all(&data).await?;
+                    s.flush().await
+                };
+                match tokio::time::timeout(OP_TIMEOUT, write).await {
                     Ok(Ok(())) => {
                         sent.fetch_add(frame as u64, Ordering::Relaxed);
                     }
@@ -914,6 +1214,7 @@ async fn ingest(
     let out = json!({
         "mode": "ingest",
         "rtmp": rtmp,
+        "tls": is_tls.then(|| TLS_INFO.get().cloned()).flatten(),
         "conns": opened,
         "failed_to_open": failed,
         "first_error": first_error,
@@ -933,7 +1234,7 @@ async fn idle(target: SocketAddr, conns: usize, rounds: usize, wait_seconds: u64
     let mut report = Vec::new();
     for round in 0..rounds {
         let t = Instant::now();
-        let (streams, failed, first_error) = open_many(target, conns, 256, Prove::Echo).await;
+        let (streams, failed, first_error) = open_many(target, conns, 256, Prove::Echo, None).await;
         println!("OPEN {} {failed}", streams.len());
         report.push(json!({
             "round": round,
