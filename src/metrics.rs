@@ -189,6 +189,16 @@ pub fn init() {
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
+    // Every reason at 0 from the start, so that `rate()` and `increase()`
+    // see a reason's first connection, not only its second.
+    for reason in crate::reason::Reason::ALL {
+        let counter = if reason.is_rejection() {
+            &m.rejected
+        } else {
+            &m.closed
+        };
+        counter.with_label_values(&[reason.label()]);
+    }
     // CPU, memory and file descriptors of this process. Fails only when
     // registered twice.
     let _ = prometheus::register(Box::new(

@@ -100,6 +100,22 @@ impl Reason {
         Reason::Takeover,
     ];
 
+    /// Ended before reaching a backend (`..._rejected_total`), rather
+    /// than after (`..._closed_total`).
+    pub fn is_rejection(self) -> bool {
+        !matches!(
+            self,
+            Reason::ClientClosed
+                | Reason::BackendClosed
+                | Reason::ClientError
+                | Reason::BackendError
+                | Reason::IdleTimeout
+                | Reason::BackendStalled
+                | Reason::ShutdownCut
+                | Reason::Takeover
+        )
+    }
+
     /// The label in metrics and the access log.
     pub fn label(self) -> &'static str {
         match self {
@@ -171,5 +187,22 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), Reason::ALL.len(), "two reasons share a label");
+    }
+
+    /// `is_rejection` follows the enum's two sections: the variants after
+    /// its `// Closed:` comment end after reaching a backend.
+    #[test]
+    fn rejections_are_the_first_section() {
+        let source = include_str!("reason.rs");
+        let closed = source
+            .split("pub enum Reason {")
+            .nth(1)
+            .and_then(|rest| rest.split("// Closed:").nth(1))
+            .and_then(|rest| rest.split("\n}").next())
+            .expect("the enum's Closed section");
+        for r in Reason::ALL {
+            let in_closed = closed.contains(&format!("    {r:?},"));
+            assert_eq!(r.is_rejection(), !in_closed, "{r:?}");
+        }
     }
 }
