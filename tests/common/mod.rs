@@ -30,11 +30,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_rtmp-proxy");
 pub const RAW_TCP: &str = "  protocol: tcp\n";
 
 /// A loopback port that was free a moment ago.
+///
+/// Never the same port twice in one test binary: the kernel hands a port
+/// that was just closed out again, and one config's two listeners then
+/// collide (seen once in CI as `admin_listen overlaps listen`).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no loopback port not given before in 100 tries");
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes.
