@@ -447,64 +447,6 @@ pub(crate) fn timestamp_after(
     (timestamp.wrapping_add(field), field)
 }
 
-/// Writes one message as a type 0 chunk and type 3 continuations cut at
-/// `chunk_size`, with the extended timestamp on every chunk when
-/// `timestamp` needs it (as ffmpeg writes and the decoder here reads).
-/// `None`, writing nothing, if the payload does not fit the 24-bit length
-/// or `csid` is not one a basic header can carry (2..=65599).
-pub(crate) fn write_message(
-    csid: u32,
-    timestamp: u32,
-    msg_type: u8,
-    msid: u32,
-    payload: &[u8],
-    chunk_size: u32,
-    out: &mut Vec<u8>,
-) -> Option<()> {
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|&l| l <= 0xFF_FFFF)?;
-    let [b0, b1, b2] = basic_header(csid)?;
-    let basic_len = basic_header_len(b0);
-    let size = usize::try_from(chunk_size).ok().filter(|&s| s > 0)?;
-    let ext = timestamp >= EXTENDED_TS;
-    let [_, t0, t1, t2] = timestamp.min(EXTENDED_TS).to_be_bytes();
-    let [_, l0, l1, l2] = len.to_be_bytes();
-    // fmt 0: the top two bits of the first byte left at 0.
-    out.extend_from_slice([b0, b1, b2].get(..basic_len).unwrap_or_default());
-    out.extend_from_slice(&[t0, t1, t2, l0, l1, l2, msg_type]);
-    out.extend_from_slice(&msid.to_le_bytes());
-    if ext {
-        out.extend_from_slice(&timestamp.to_be_bytes());
-    }
-    for (i, chunk) in payload.chunks(size).enumerate() {
-        if i > 0 {
-            // fmt 3: both top bits set.
-            let continuation = [b0 | 0xc0, b1, b2];
-            out.extend_from_slice(continuation.get(..basic_len).unwrap_or_default());
-            if ext {
-                out.extend_from_slice(&timestamp.to_be_bytes());
-            }
-        }
-        out.extend_from_slice(chunk);
-    }
-    Some(())
-}
-
-/// A type 0 basic header for `csid` in its shortest form, padded to 3
-/// bytes; [`basic_header_len`] of the first byte says how many count.
-fn basic_header(csid: u32) -> Option<[u8; 3]> {
-    match csid {
-        2..=63 => Some([u8::try_from(csid).ok()?, 0, 0]),
-        64..=319 => Some([0, u8::try_from(csid.checked_sub(64)?).ok()?, 0]),
-        320..=65599 => {
-            let [_, _, hi, lo] = csid.checked_sub(64)?.to_be_bytes();
-            Some([1, lo, hi])
-        }
-        _ => None,
-    }
-}
-
 fn new_header_state() -> State {
     State::Header {
         buf: [0; MAX_HEADER_LEN],
@@ -874,31 +816,6 @@ mod tests {
         assert_eq!(f[0].chunk_size, 128);
         assert!(!f[1].contiguous);
         assert_eq!(f[1].chunk_size, 4096);
-    }
-
-    #[test]
-    fn write_message_matches_the_test_builder() {
-        let p = payload(300);
-        for csid in [2, 3, 63, 64, 319, 320, 65599] {
-            for ts in [0, 0xFF_FFFE, 0xFF_FFFF, 0x1234_5678] {
-                for size in [1, 60, 128, 300, 4096] {
-                    let mut out = Vec::new();
-                    assert_eq!(write_message(csid, ts, 20, 1, &p, size, &mut out), Some(()));
-                    assert_eq!(out, message(csid, 20, ts, &p, size as usize));
-                }
-            }
-        }
-        let mut out = Vec::new();
-        assert_eq!(write_message(3, 0, 20, 7, b"", 128, &mut out), Some(()));
-        assert_eq!(out, [3, 0, 0, 0, 0, 0, 0, 20, 7, 0, 0, 0]);
-        let mut out = Vec::new();
-        for csid in [0, 1, 65600, u32::MAX] {
-            assert_eq!(write_message(csid, 0, 20, 1, &p, 128, &mut out), None);
-        }
-        assert_eq!(write_message(3, 0, 20, 1, &p, 0, &mut out), None);
-        let huge = vec![0; 0x100_0000];
-        assert_eq!(write_message(3, 0, 20, 1, &huge, 128, &mut out), None);
-        assert!(out.is_empty());
     }
 
     #[test]

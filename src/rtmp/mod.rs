@@ -330,16 +330,19 @@ impl Front {
                 .saturating_add(payload.len())
                 .saturating_add(chunk::MAX_HEADER_LEN),
         );
+        // One type 0 chunk, so the server needs nothing it saw before on
+        // this chunk stream; the length must fit the header's 24 bits.
+        let header = Header {
+            csid: f.csid,
+            timestamp: f.timestamp,
+            len: u32::try_from(payload.len())
+                .ok()
+                .filter(|&l| l <= 0xFF_FFFF)?,
+            msg_type: f.msg_type,
+            msid: f.msid,
+        };
         out.extend_from_slice(before);
-        chunk::write_message(
-            f.csid,
-            f.timestamp,
-            f.msg_type,
-            f.msid,
-            &payload,
-            f.chunk_size,
-            &mut out,
-        )?;
+        ChunkWriter::with_chunk_size(f.chunk_size).message(&header, &payload, &mut out);
         out.extend_from_slice(after);
         Some(out)
     }

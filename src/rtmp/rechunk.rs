@@ -81,6 +81,15 @@ impl Default for ChunkWriter {
 }
 
 impl ChunkWriter {
+    /// A writer to a peer that has seen nothing yet but a Set Chunk Size
+    /// of `chunk_size` (at least 1).
+    pub fn with_chunk_size(chunk_size: u32) -> Self {
+        Self {
+            chunk_size: chunk_size.max(1),
+            streams: Vec::new(),
+        }
+    }
+
     /// A whole message, chunked; a Set Chunk Size takes effect after it.
     pub fn message(&mut self, h: &Header, payload: &[u8], out: &mut Vec<u8>) {
         self.start(h, out);
@@ -485,6 +494,39 @@ fn next_header(prev: &Last, fmt: u8, rest: &[u8]) -> Last {
 mod tests {
     use super::super::chunk::testutil::{basic, message, set_chunk_size};
     use super::*;
+
+    /// A fresh writer writes a type 0 chunk and type 3 continuations, the
+    /// extended timestamp on every one when needed: what ffmpeg writes.
+    #[test]
+    fn a_fresh_writer_writes_what_the_test_builder_does() {
+        let p: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        for csid in [2, 3, 63, 64, 319, 320, 65599] {
+            for ts in [0, 0xFF_FFFE, 0xFF_FFFF, 0x1234_5678] {
+                for size in [1, 60, 128, 300, 4096] {
+                    let h = Header {
+                        csid,
+                        timestamp: ts,
+                        len: 300,
+                        msg_type: 20,
+                        msid: 1,
+                    };
+                    let mut out = Vec::new();
+                    ChunkWriter::with_chunk_size(size).message(&h, &p, &mut out);
+                    assert_eq!(out, message(csid, 20, ts, &p, size as usize));
+                }
+            }
+        }
+        let h = Header {
+            csid: 3,
+            timestamp: 0,
+            len: 0,
+            msg_type: 20,
+            msid: 7,
+        };
+        let mut out = Vec::new();
+        ChunkWriter::default().message(&h, b"", &mut out);
+        assert_eq!(out, [3, 0, 0, 0, 0, 0, 0, 20, 7, 0, 0, 0]);
+    }
 
     /// Decodes a chunk stream the way a client does, into (header, payload).
     fn client_view(bytes: &[u8]) -> Vec<(Header, Vec<u8>)> {
