@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use log::{debug, warn};
+use log::debug;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -225,7 +225,8 @@ impl Publishers {
                         }
                     }
                 }
-                Err(e) => warn!("cannot listen for takeovers in Redis: {e}"),
+                // Logged once per outage, as the slots' own listener does.
+                Err(e) => store.set_degraded(true, &e.to_string()),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
