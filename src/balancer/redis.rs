@@ -155,6 +155,41 @@ impl Store {
         &self.client
     }
 
+    /// `GET key` on the store's runtime, bounded by the call timeout;
+    /// `None` when Redis does not answer in time.
+    pub async fn get(&self, key: String) -> Option<String> {
+        let mut conn = self.conn.clone();
+        let get = self.runtime.spawn(async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        });
+        match tokio::time::timeout(self.call_timeout, get).await {
+            Ok(Ok(Ok(found))) => found,
+            _ => None,
+        }
+    }
+
+    /// `SET key value PX ttl_ms` in the background; a failure marks the
+    /// store degraded.
+    pub fn set_px(self: &Arc<Self>, key: String, value: String, ttl_ms: u64) {
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            let mut conn = me.conn.clone();
+            let set: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = set {
+                me.set_degraded(true, &e.to_string());
+            }
+        });
+    }
+
     pub fn set_degraded(&self, degraded: bool, why: &str) {
         if self.degraded.swap(degraded, Ordering::SeqCst) != degraded {
             crate::metrics::get()

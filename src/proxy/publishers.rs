@@ -158,18 +158,7 @@ impl Publishers {
             return local;
         }
         let store = self.fleet.get()?;
-        let mut conn = store.conn.clone();
-        let key = sticky_key(store, id);
-        let get = store.runtime.spawn(async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-        });
-        match tokio::time::timeout(store.call_timeout, get).await {
-            Ok(Ok(Ok(Some(addr)))) => addr.parse().ok(),
-            _ => None,
-        }
+        store.get(sticky_key(store, id)).await?.parse().ok()
     }
 
     fn remember(&self, id: &str, backend: SocketAddr) {
@@ -189,21 +178,8 @@ impl Publishers {
         let Some(store) = self.fleet.get() else {
             return;
         };
-        let (mut conn, key) = (store.conn.clone(), sticky_key(store, id));
         let ttl_ms = self.sticky_for.as_millis().max(1) as u64;
-        let store = store.clone();
-        store.runtime.clone().spawn(async move {
-            let set: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(key)
-                .arg(backend.to_string())
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = set {
-                store.set_degraded(true, &e.to_string());
-            }
-        });
+        store.set_px(sticky_key(store, id), backend.to_string(), ttl_ms);
     }
 
     /// Closes our sessions that other proxies take over, for as long as

@@ -42,20 +42,7 @@ impl SharedStreams {
     /// of app and key), with the same lease as slots.
     pub fn publish(self: &Arc<Self>, id: String, entry: String) {
         self.own.lock().insert(id.clone(), entry.clone());
-        let me = self.clone();
-        self.store.runtime.spawn(async move {
-            let mut conn = me.store.conn.clone();
-            let set: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(me.key(&id))
-                .arg(entry)
-                .arg("PX")
-                .arg(me.store.lease_ms)
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = set {
-                me.store.set_degraded(true, &e.to_string());
-            }
-        });
+        self.store.set_px(self.key(&id), entry, self.store.lease_ms);
     }
 
     pub fn unpublish(self: &Arc<Self>, id: String) {
@@ -72,18 +59,7 @@ impl SharedStreams {
 
     /// A publisher listed by any proxy, bounded by the call timeout.
     pub async fn find(&self, id: &str) -> Option<String> {
-        let mut conn = self.store.conn.clone();
-        let key = self.key(id);
-        let get = self.store.runtime.spawn(async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-        });
-        match tokio::time::timeout(self.store.call_timeout, get).await {
-            Ok(Ok(Ok(found))) => found,
-            _ => None,
-        }
+        self.store.get(self.key(id)).await
     }
 
     async fn renew(&self) {
